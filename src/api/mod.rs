@@ -1,1 +1,216 @@
-//! stub
+//! The `BitcoinNetwork` custom resource and its CRD.
+//!
+//! The group, version, kind and the original spec/status fields are those of the
+//! original Go controller, so manifests written for it keep working. Fields added
+//! here are optional.
+
+mod crd;
+
+pub use crd::crd;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "bitcoincontroller.christianb93.github.com";
+pub const VERSION: &str = "v1";
+pub const KIND: &str = "BitcoinNetwork";
+pub const PLURAL: &str = "bitcoinnetworks";
+pub const API_VERSION: &str = "bitcoincontroller.christianb93.github.com/v1";
+
+/// Upper bound on `spec.nodes`, enforced by the CRD schema.
+pub const MAX_NODES: i32 = 100;
+
+/// Default container image for the nodes.
+pub const DEFAULT_IMAGE: &str = "bitcoin/bitcoin:29.0";
+
+/// A private Bitcoin regtest network: `spec.nodes` bitcoind nodes that the
+/// controller keeps fully meshed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BitcoinNetwork {
+    #[serde(default = "api_version")]
+    pub api_version: String,
+    #[serde(default = "kind")]
+    pub kind: String,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    pub spec: BitcoinNetworkSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<BitcoinNetworkStatus>,
+}
+
+fn api_version() -> String {
+    API_VERSION.to_owned()
+}
+
+fn kind() -> String {
+    KIND.to_owned()
+}
+
+impl BitcoinNetwork {
+    pub fn new(name: &str, spec: BitcoinNetworkSpec) -> Self {
+        BitcoinNetwork {
+            api_version: api_version(),
+            kind: kind(),
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                ..ObjectMeta::default()
+            },
+            spec,
+            status: None,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata.namespace.as_deref().unwrap_or_default()
+    }
+
+    /// The image the nodes run: `spec.image`, or [`DEFAULT_IMAGE`].
+    pub fn image(&self) -> &str {
+        match self.spec.image.as_deref() {
+            Some(image) if !image.is_empty() => image,
+            _ => DEFAULT_IMAGE,
+        }
+    }
+}
+
+impl k8s_openapi::Resource for BitcoinNetwork {
+    const API_VERSION: &'static str = API_VERSION;
+    const GROUP: &'static str = GROUP;
+    const KIND: &'static str = KIND;
+    const VERSION: &'static str = VERSION;
+    const URL_PATH_SEGMENT: &'static str = PLURAL;
+    type Scope = k8s_openapi::NamespaceResourceScope;
+}
+
+impl k8s_openapi::Metadata for BitcoinNetwork {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Desired state of a network.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BitcoinNetworkSpec {
+    /// Number of bitcoind nodes in the network.
+    #[schemars(range(min = 0, max = MAX_NODES))]
+    pub nodes: i32,
+    /// Name of a Secret in the network's namespace holding the RPC credentials
+    /// (keys BC_RPC_USER and BC_RPC_PASSWORD). When empty, the controller
+    /// creates a Secret named after the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub secret: Option<String>,
+    /// Container image running bitcoind (and bitcoin-cli for the readiness
+    /// probe). Defaults to bitcoin/bitcoin:29.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub image: Option<String>,
+}
+
+/// Observed state of a network, written by the controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BitcoinNetworkStatus {
+    /// One entry per pod of the network's StatefulSet, by ordinal.
+    #[serde(default)]
+    pub nodes: Vec<BitcoinNetworkNode>,
+    /// Number of nodes whose pod is Ready.
+    #[serde(default)]
+    pub ready_nodes: i32,
+    /// The metadata.generation this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One bitcoind node of a network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BitcoinNetworkNode {
+    /// Ordinal of the pod in the StatefulSet (0..n-1).
+    pub ordinal: i32,
+    /// Whether the pod is Ready, i.e. bitcoind answers RPC.
+    pub ready: bool,
+    /// Pod IP; empty until the pod has one.
+    #[serde(default)]
+    pub ip: String,
+    /// Name of the node; the pod name (kept for compatibility with the original controller).
+    pub node_name: String,
+    /// Name of the pod running the node.
+    pub pod_name: String,
+    /// Stable DNS name of the node through the headless Service.
+    pub dns_name: String,
+    /// Number of other nodes of the network this node is connected to, as its
+    /// `getaddednodeinfo` last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_peers: Option<u32>,
+    /// Block height the node last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn original_manifest_deserializes() {
+        // A manifest written for the original Go controller.
+        let net: BitcoinNetwork = serde_json::from_value(serde_json::json!({
+            "apiVersion": "bitcoincontroller.christianb93.github.com/v1",
+            "kind": "BitcoinNetwork",
+            "metadata": {"name": "my-network"},
+            "spec": {"nodes": 4, "secret": "my-secret"}
+        }))
+        .unwrap();
+        assert_eq!(net.name(), "my-network");
+        assert_eq!(net.spec.nodes, 4);
+        assert_eq!(net.spec.secret.as_deref(), Some("my-secret"));
+        assert_eq!(net.image(), DEFAULT_IMAGE);
+    }
+
+    #[test]
+    fn status_uses_original_field_names() {
+        let status = BitcoinNetworkStatus {
+            nodes: vec![BitcoinNetworkNode {
+                ordinal: 0,
+                ready: true,
+                ip: "10.0.0.1".into(),
+                node_name: "n-sts-0".into(),
+                pod_name: "n-sts-0".into(),
+                dns_name: "n-sts-0.n-svc.default.svc.cluster.local".into(),
+                ..Default::default()
+            }],
+            ready_nodes: 1,
+            observed_generation: Some(2),
+        };
+        let v = serde_json::to_value(&status).unwrap();
+        let node = &v["nodes"][0];
+        for key in ["ordinal", "ready", "ip", "nodeName", "dnsName"] {
+            assert!(node.get(key).is_some(), "missing {key} in {node}");
+        }
+        assert_eq!(v["readyNodes"], 1);
+        assert_eq!(v["observedGeneration"], 2);
+    }
+
+    #[test]
+    fn new_sets_type_meta() {
+        let v =
+            serde_json::to_value(BitcoinNetwork::new("a", BitcoinNetworkSpec::default())).unwrap();
+        assert_eq!(v["apiVersion"], API_VERSION);
+        assert_eq!(v["kind"], KIND);
+        assert!(v.get("status").is_none());
+    }
+}

@@ -1,0 +1,169 @@
+//! Generates the `apiextensions.k8s.io/v1` CustomResourceDefinition from the
+//! Rust types, so the schema the API server enforces is the one the controller
+//! deserializes. `manifests/crd.yaml` is this output (CI checks for drift).
+
+use super::{BitcoinNetworkSpec, BitcoinNetworkStatus, GROUP, KIND, PLURAL, VERSION};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
+    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube_core::schema::StructuralSchemaRewriter;
+use schemars::generate::SchemaSettings;
+use schemars::JsonSchema;
+use serde_json::{json, Value};
+
+/// JSON schema of `T`, inlined and rewritten to Kubernetes' structural rules.
+fn schema_of<T: JsonSchema>() -> Value {
+    let generator = SchemaSettings::openapi3()
+        .with(|s| {
+            s.inline_subschemas = true;
+            s.meta_schema = None;
+        })
+        .with_transform(StructuralSchemaRewriter)
+        .into_generator();
+    let mut value = generator.into_root_schema_for::<T>().to_value();
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("title");
+    }
+    value
+}
+
+/// The CustomResourceDefinition for `BitcoinNetwork`.
+pub fn crd() -> CustomResourceDefinition {
+    let schema: JSONSchemaProps = serde_json::from_value(json!({
+        "type": "object",
+        "description": "A private Bitcoin regtest network managed by bitcoin-controller.",
+        "required": ["spec"],
+        "properties": {
+            "spec": schema_of::<BitcoinNetworkSpec>(),
+            "status": schema_of::<BitcoinNetworkStatus>(),
+        },
+    }))
+    .expect("generated schema is valid JSONSchemaProps");
+
+    let column =
+        |name: &str, type_: &str, path: &str, description: &str| CustomResourceColumnDefinition {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: path.into(),
+            description: Some(description.into()),
+            ..Default::default()
+        };
+
+    CustomResourceDefinition {
+        metadata: ObjectMeta {
+            name: Some(format!("{PLURAL}.{GROUP}")),
+            ..Default::default()
+        },
+        spec: CustomResourceDefinitionSpec {
+            group: GROUP.into(),
+            names: CustomResourceDefinitionNames {
+                kind: KIND.into(),
+                list_kind: Some(format!("{KIND}List")),
+                plural: PLURAL.into(),
+                singular: Some("bitcoinnetwork".into()),
+                short_names: Some(vec!["bcn".into()]),
+                categories: Some(vec!["all".into()]),
+            },
+            scope: "Namespaced".into(),
+            versions: vec![CustomResourceDefinitionVersion {
+                name: VERSION.into(),
+                served: true,
+                storage: true,
+                schema: Some(CustomResourceValidation {
+                    open_api_v3_schema: Some(schema),
+                }),
+                subresources: Some(CustomResourceSubresources {
+                    status: Some(CustomResourceSubresourceStatus(json!({}))),
+                    scale: None,
+                }),
+                additional_printer_columns: Some(vec![
+                    column("Nodes", "integer", ".spec.nodes", "Desired number of nodes"),
+                    column(
+                        "Ready",
+                        "integer",
+                        ".status.readyNodes",
+                        "Nodes whose pod is Ready",
+                    ),
+                    column(
+                        "Age",
+                        "date",
+                        ".metadata.creationTimestamp",
+                        "Time since creation",
+                    ),
+                ]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema() -> Value {
+        let crd = crd();
+        let version = &crd.spec.versions[0];
+        serde_json::to_value(
+            version
+                .schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_match_the_original_controller() {
+        let crd = crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("bitcoinnetworks.bitcoincontroller.christianb93.github.com")
+        );
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.versions[0].name, "v1");
+        assert!(crd.spec.versions[0]
+            .subresources
+            .as_ref()
+            .unwrap()
+            .status
+            .is_some());
+    }
+
+    #[test]
+    fn nodes_is_a_bounded_required_integer() {
+        let s = schema();
+        let nodes = &s["properties"]["spec"]["properties"]["nodes"];
+        assert_eq!(nodes["type"], "integer");
+        assert_eq!(nodes["minimum"], 0.0);
+        assert_eq!(nodes["maximum"], f64::from(crate::api::MAX_NODES));
+        assert_eq!(s["properties"]["spec"]["required"], json!(["nodes"]));
+    }
+
+    /// Structural schemas need a type on every node and no $ref.
+    #[test]
+    fn schema_is_structural() {
+        fn walk(v: &Value, path: &str) {
+            let obj = v.as_object().unwrap();
+            assert!(obj.contains_key("type"), "no type at {path}: {v}");
+            assert!(!obj.contains_key("$ref"), "$ref at {path}");
+            if let Some(props) = obj.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    walk(p, &format!("{path}.{k}"));
+                }
+            }
+            if let Some(items) = obj.get("items") {
+                walk(items, &format!("{path}[]"));
+            }
+        }
+        walk(&schema(), "");
+    }
+}
