@@ -1,0 +1,293 @@
+//! Level-based reconcile of one network (sample-controller's `syncHandler`):
+//! read the network from the cache, make the owned objects match, write the
+//! status when it changed, and sync the nodes' added-node lists.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube_client::api::{Patch, PatchParams, PostParams};
+use kube_client::{Api, Resource};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::api::BitcoinNetwork;
+use crate::bitcoin::{random_password, random_salt, render_bitcoin_conf, rpcauth};
+use crate::controller::connectivity::{self, Endpoint};
+use crate::controller::resources::{self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY};
+use crate::controller::status;
+use crate::controller::{Context, EventType};
+use crate::informer::ObjectKey;
+
+/// Field manager of the controller's server-side applies.
+const FIELD_MANAGER: &str = "bitcoin-controller";
+/// How soon to look again while the mesh is still forming.
+const MESH_POLL: Duration = Duration::from_secs(2);
+
+/// What the worker does with the key after a successful reconcile.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    Done,
+    RequeueAfter(Duration),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube_client::Error),
+    #[error("{kind} {name} already exists and is not controlled by this network")]
+    Conflict { kind: &'static str, name: String },
+    #[error("{failed} of {total} nodes could not be synced; first error: {first}")]
+    Nodes {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
+}
+
+/// RPC credentials of a network (never logged: no Debug).
+struct Credentials {
+    user: String,
+    password: String,
+}
+
+/// Reconciles the network `key`.
+pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
+    let Some(net) = ctx.networks.get(&key.namespace, &key.name) else {
+        log::debug!("{key}: network is gone, nothing to do");
+        return Ok(Action::Done);
+    };
+    if net.metadata.deletion_timestamp.is_some() {
+        log::debug!("{key}: network is being deleted, the garbage collector takes it from here");
+        return Ok(Action::Done);
+    }
+    log::info!(
+        "reconciling {key} (generation {}, resourceVersion {})",
+        net.metadata.generation.unwrap_or_default(),
+        net.metadata.resource_version.as_deref().unwrap_or_default()
+    );
+
+    let Some(creds) = credentials(ctx, &net).await? else {
+        // Reported as an Event; the Secret's own events bring the network back.
+        return Ok(Action::Done);
+    };
+    let config_hash = ensure_config(ctx, &net, &creds).await?;
+    ensure(ctx, &net, "Service", ctx.services.get(&key.namespace, &resources::service_name(&net)), resources::service(&net), resources::service_drifted).await?;
+    ensure(
+        ctx,
+        &net,
+        "StatefulSet",
+        ctx.statefulsets.get(&key.namespace, &resources::statefulset_name(&net)),
+        resources::statefulset(&net, &config_hash),
+        resources::statefulset_drifted,
+    )
+    .await?;
+
+    let pods: Vec<_> = ctx
+        .pods
+        .list_namespaced(&key.namespace)
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NETWORK_LABEL))
+                .map(String::as_str)
+                == Some(net.name())
+        })
+        .collect();
+    let ready: Vec<Endpoint> = status::nodes(&net, pods.iter().map(AsRef::as_ref), &HashMap::new())
+        .into_iter()
+        .filter(|n| n.ready)
+        .map(|n| Endpoint {
+            pod_name: n.pod_name,
+            ip: n.ip,
+        })
+        .collect();
+
+    let outcomes = connectivity::sync(&ctx.rpc, &creds.user, &creds.password, &ready).await;
+    let mut reports = HashMap::new();
+    let mut failures = Vec::new();
+    let mut mesh_complete = true;
+    for outcome in outcomes {
+        for addr in &outcome.added {
+            ctx.recorder.publish(&net, EventType::Normal, "NodeAdded", format!("{}: added peer {addr}", outcome.pod_name));
+        }
+        for addr in &outcome.removed {
+            ctx.recorder.publish(&net, EventType::Normal, "NodeRemoved", format!("{}: removed peer {addr}", outcome.pod_name));
+        }
+        match outcome.result {
+            Ok(report) => {
+                mesh_complete &= outcome.added.is_empty()
+                    && outcome.removed.is_empty()
+                    && report.connected_peers as usize + 1 == ready.len();
+                reports.insert(outcome.pod_name, report);
+            }
+            Err(err) => {
+                log::warn!("{key}: node {} did not sync: {err}", outcome.pod_name);
+                failures.push(format!("{}: {err}", outcome.pod_name));
+            }
+        }
+    }
+
+    let status = status::compute(&net, status::nodes(&net, pods.iter().map(AsRef::as_ref), &reports));
+    if net.status.as_ref() != Some(&status) {
+        let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
+        api.patch_status(net.name(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
+            .await?;
+        log::debug!("{key}: status updated ({} of {} nodes ready)", status.ready_nodes, status.nodes.len());
+    }
+
+    if let Some(first) = failures.first() {
+        ctx.recorder.publish(&net, EventType::Warning, "NodeSyncFailed", first.clone());
+        return Err(Error::Nodes {
+            failed: failures.len(),
+            total: ready.len(),
+            first: first.clone(),
+        });
+    }
+    Ok(if mesh_complete { Action::Done } else { Action::RequeueAfter(MESH_POLL) })
+}
+
+/// Reads the network's RPC credentials, creating the generated Secret when
+/// `spec.secret` is empty. `None` when they cannot be had (reported as an Event).
+async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Credentials>, Error> {
+    let ns = net.namespace();
+    let name = resources::credentials_secret_name(net);
+    let secret = match ctx.secrets.get(ns, &name) {
+        Some(secret) => secret,
+        None if resources::generates_credentials(net) => {
+            let user = format!("rpc-{}", &random_password()[..8].to_lowercase());
+            let password = random_password();
+            // Create, never apply: an existing Secret (one the cache has not
+            // seen yet) must not get a new password.
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            api.create(&PostParams::default(), &resources::credentials_secret(net, &user, &password))
+                .await?;
+            ctx.recorder.publish(net, EventType::Normal, "SecretCreated", format!("created RPC credentials Secret {name}"));
+            return Ok(Some(Credentials { user, password }));
+        }
+        None => {
+            ctx.recorder.publish(
+                net,
+                EventType::Warning,
+                "SecretNotFound",
+                format!("Secret {name} named in spec.secret does not exist in namespace {ns}"),
+            );
+            return Ok(None);
+        }
+    };
+    if resources::generates_credentials(net) && !is_controlled_by(&secret.metadata, net) {
+        conflict(ctx, net, "Secret", &name)?;
+    }
+    match (secret_value(&secret, USER_KEY), secret_value(&secret, PASSWORD_KEY)) {
+        (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => Ok(Some(Credentials {
+            user: user.to_owned(),
+            password: password.to_owned(),
+        })),
+        _ => {
+            ctx.recorder.publish(
+                net,
+                EventType::Warning,
+                "SecretInvalid",
+                format!("Secret {name} lacks a non-empty {USER_KEY} or {PASSWORD_KEY}"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Ensures the configuration Secret (bitcoin.conf with an `rpcauth=` line)
+/// matches the credentials; returns the hash of the configuration. An existing
+/// salt is kept, so the configuration (and the pods) change only when the
+/// credentials do.
+async fn ensure_config(ctx: &Context, net: &BitcoinNetwork, creds: &Credentials) -> Result<String, Error> {
+    let name = resources::config_secret_name(net);
+    let existing = ctx.secrets.get(net.namespace(), &name);
+    let existing_conf = existing.as_deref().and_then(|s| secret_value(s, CONFIG_KEY));
+    let salt = existing_conf.and_then(salt_of).unwrap_or_else(random_salt);
+    let conf = render_bitcoin_conf(&rpcauth(&creds.user, &creds.password, &salt));
+    ensure(ctx, net, "Secret", existing.clone(), resources::config_secret(net, &conf), |have: &Secret, want: &Secret| {
+        secret_value(have, CONFIG_KEY) != secret_value(want, CONFIG_KEY) || have.metadata.labels != want.metadata.labels
+    })
+    .await?;
+    Ok(resources::content_hash(conf.as_bytes()))
+}
+
+/// The salt of the `rpcauth=` line of a rendered configuration.
+fn salt_of(conf: &str) -> Option<[u8; 16]> {
+    let value = conf.lines().find_map(|l| l.trim().strip_prefix("rpcauth="))?;
+    let salt_hex = value.split_once(':')?.1.split_once('$')?.0;
+    hex::decode(salt_hex).ok()?.try_into().ok()
+}
+
+/// Makes an owned object match `wanted`: creates it when missing, applies it
+/// when the fields the controller owns drifted, and leaves an object of that
+/// name that this network does not control alone (reported as a Warning).
+async fn ensure<K>(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    kind: &'static str,
+    existing: Option<std::sync::Arc<K>>,
+    wanted: K,
+    drifted: impl Fn(&K, &K) -> bool,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let name = wanted.meta().name.clone().unwrap_or_default();
+    let reason = match existing.as_deref() {
+        None => "Created",
+        Some(have) if !is_controlled_by(have.meta(), net) => return conflict(ctx, net, kind, &name),
+        Some(have) if drifted(have, &wanted) => "Updated",
+        Some(_) => return Ok(()),
+    };
+    apply(ctx, net, &wanted).await?;
+    log::info!("{}/{}: {} {kind} {name}", net.namespace(), net.name(), reason.to_lowercase());
+    ctx.recorder.publish(net, EventType::Normal, reason, format!("{} {kind} {name}", reason.to_lowercase()));
+    Ok(())
+}
+
+/// Server-side apply of an owned object (creates or updates; `force` takes
+/// back fields another manager changed, e.g. a hand-scaled StatefulSet).
+async fn apply<K>(ctx: &Context, net: &BitcoinNetwork, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let name = obj.meta().name.as_deref().unwrap_or_default();
+    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+        .await?;
+    Ok(())
+}
+
+fn conflict(ctx: &Context, net: &BitcoinNetwork, kind: &'static str, name: &str) -> Result<(), Error> {
+    let err = Error::Conflict {
+        kind,
+        name: name.to_owned(),
+    };
+    ctx.recorder.publish(net, EventType::Warning, "ResourceConflict", err.to_string());
+    Err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn salt_round_trips_through_the_rendered_config() {
+        let salt = [7u8; 16];
+        let conf = render_bitcoin_conf(&rpcauth("user", "pw", &salt));
+        assert_eq!(salt_of(&conf), Some(salt));
+        assert_eq!(salt_of("regtest=1\n"), None);
+        assert_eq!(salt_of("rpcauth=user:zz$00\n"), None);
+    }
+}

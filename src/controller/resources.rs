@@ -1,0 +1,511 @@
+//! Pure builders for the objects a network owns, and the checks that decide
+//! whether an existing object has drifted from what the controller wants.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, SecurityContext,
+    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
+use sha2::{Digest, Sha256};
+
+use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
+use crate::bitcoin::{P2P_PORT, RPC_PORT};
+
+/// Label carrying the network name on every object and pod of a network.
+pub const NETWORK_LABEL: &str = "bitcoincontroller.christianb93.github.com/network";
+/// Pod template annotation: hash of the rendered bitcoin.conf, so a credential
+/// change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "bitcoincontroller.christianb93.github.com/config-hash";
+/// Key of the rendered configuration in the config Secret.
+pub const CONFIG_KEY: &str = "bitcoin.conf";
+/// Keys of the credentials Secret (those of the original controller).
+pub const USER_KEY: &str = "BC_RPC_USER";
+pub const PASSWORD_KEY: &str = "BC_RPC_PASSWORD";
+
+const CONTAINER: &str = "bitcoind";
+const CONF_DIR: &str = "/etc/bitcoin";
+const DATA_DIR: &str = "/data";
+/// uid/gid of the `bitcoin` user in the Bitcoin Core images.
+const BITCOIN_UID: i64 = 1000;
+
+pub fn service_name(net: &BitcoinNetwork) -> String {
+    format!("{}-svc", net.name())
+}
+
+pub fn statefulset_name(net: &BitcoinNetwork) -> String {
+    format!("{}-sts", net.name())
+}
+
+pub fn config_secret_name(net: &BitcoinNetwork) -> String {
+    format!("{}-config", net.name())
+}
+
+/// The Secret holding the RPC user and password: `spec.secret`, or one named
+/// after the network that the controller generates.
+pub fn credentials_secret_name(net: &BitcoinNetwork) -> String {
+    match net.spec.secret.as_deref() {
+        Some(name) if !name.is_empty() => name.to_owned(),
+        _ => net.name().to_owned(),
+    }
+}
+
+/// Whether the credentials Secret is generated (and owned) by the controller.
+pub fn generates_credentials(net: &BitcoinNetwork) -> bool {
+    net.spec.secret.as_deref().is_none_or(str::is_empty)
+}
+
+/// Stable DNS name of a pod through the network's headless Service.
+pub fn dns_name(net: &BitcoinNetwork, pod_name: &str) -> String {
+    format!(
+        "{pod_name}.{}.{}.svc.cluster.local",
+        service_name(net),
+        net.namespace()
+    )
+}
+
+pub fn labels(net: &BitcoinNetwork) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bitcoind".to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            "bitcoin-controller".to_owned(),
+        ),
+        (NETWORK_LABEL.to_owned(), net.name().to_owned()),
+    ])
+}
+
+fn selector_labels(net: &BitcoinNetwork) -> BTreeMap<String, String> {
+    BTreeMap::from([(NETWORK_LABEL.to_owned(), net.name().to_owned())])
+}
+
+/// Controller owner reference to the network: the garbage collector deletes the
+/// object with the network, and `handle_object` routes its events back to it.
+pub fn owner_reference(net: &BitcoinNetwork) -> OwnerReference {
+    OwnerReference {
+        api_version: API_VERSION.to_owned(),
+        kind: KIND.to_owned(),
+        name: net.name().to_owned(),
+        uid: net.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `meta` carries a controller reference to this very network (same uid).
+pub fn is_controlled_by(meta: &ObjectMeta, net: &BitcoinNetwork) -> bool {
+    controller_of(meta).is_some_and(|o| {
+        o.kind == KIND
+            && o.api_version.split('/').next() == Some(GROUP)
+            && Some(&o.uid) == net.metadata.uid.as_ref()
+    })
+}
+
+/// The controller owner reference of an object, if any.
+pub fn controller_of(meta: &ObjectMeta) -> Option<&OwnerReference> {
+    meta.owner_references
+        .as_deref()?
+        .iter()
+        .find(|o| o.controller == Some(true))
+}
+
+fn object_meta(net: &BitcoinNetwork, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: net.metadata.namespace.clone(),
+        labels: Some(labels(net)),
+        owner_references: Some(vec![owner_reference(net)]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Short content hash used in annotations.
+pub fn content_hash(data: &[u8]) -> String {
+    hex::encode(&Sha256::digest(data)[..8])
+}
+
+/// The headless Service giving every node a stable DNS name.
+pub fn service(net: &BitcoinNetwork) -> Service {
+    let port = |name: &str, number: u16| ServicePort {
+        name: Some(name.to_owned()),
+        port: i32::from(number),
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    };
+    Service {
+        metadata: object_meta(net, service_name(net)),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_owned()),
+            // Nodes must resolve each other before they are Ready.
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(net)),
+            ports: Some(vec![port("rpc", RPC_PORT), port("p2p", P2P_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Fields of the Service the controller owns differ from the wanted ones.
+pub fn service_drifted(existing: &Service, wanted: &Service) -> bool {
+    let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else {
+        return true;
+    };
+    let ports = |s: &ServiceSpec| {
+        s.ports
+            .iter()
+            .flatten()
+            .map(|p| (p.name.clone(), p.port, p.target_port.clone()))
+            .collect::<Vec<_>>()
+    };
+    have.selector != want.selector
+        || ports(have) != ports(want)
+        || have.publish_not_ready_addresses != want.publish_not_ready_addresses
+        || existing.metadata.labels != wanted.metadata.labels
+}
+
+/// The Secret holding the rendered bitcoin.conf (with an `rpcauth=` line, never
+/// the password), mounted into every pod.
+pub fn config_secret(net: &BitcoinNetwork, bitcoin_conf: &str) -> Secret {
+    Secret {
+        metadata: object_meta(net, config_secret_name(net)),
+        data: Some(BTreeMap::from([(
+            CONFIG_KEY.to_owned(),
+            ByteString(bitcoin_conf.as_bytes().to_vec()),
+        )])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// The generated credentials Secret, used when `spec.secret` is empty.
+pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> Secret {
+    Secret {
+        metadata: object_meta(net, credentials_secret_name(net)),
+        data: Some(BTreeMap::from([
+            (USER_KEY.to_owned(), ByteString(user.as_bytes().to_vec())),
+            (PASSWORD_KEY.to_owned(), ByteString(password.as_bytes().to_vec())),
+        ])),
+        type_: Some("Opaque".to_owned()),
+        ..Secret::default()
+    }
+}
+
+/// Reads a UTF-8 value from a Secret's data (or stringData, for objects not
+/// yet round-tripped through the API server).
+pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
+    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+        return std::str::from_utf8(&v.0).ok();
+    }
+    secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(String::as_str)
+}
+
+/// The StatefulSet running the nodes. `config_hash` is the hash of the rendered
+/// bitcoin.conf; it lands on the pod template so a change rolls the pods.
+pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
+    let conf = format!("-conf={CONF_DIR}/{CONFIG_KEY}");
+    let datadir = format!("-datadir={DATA_DIR}");
+    let port = |name: &str, number: u16| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(number),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    };
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    let container = Container {
+        name: CONTAINER.to_owned(),
+        image: Some(net.image().to_owned()),
+        command: Some(vec!["bitcoind".to_owned(), conf.clone(), datadir.clone()]),
+        ports: Some(vec![port("rpc", RPC_PORT), port("p2p", P2P_PORT)]),
+        // The CLI authenticates with the cookie bitcoind writes into the data
+        // directory, so the probe needs no password.
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "bitcoin-cli".to_owned(),
+                    conf,
+                    datadir,
+                    "getnetworkinfo".to_owned(),
+                ]),
+            }),
+            initial_delay_seconds: Some(2),
+            period_seconds: Some(3),
+            timeout_seconds: Some(3),
+            success_threshold: Some(1),
+            failure_threshold: Some(3),
+            ..Probe::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: Some(quantities("50m", "128Mi")),
+            limits: Some(quantities("1", "512Mi")),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "config".to_owned(),
+                mount_path: CONF_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "data".to_owned(),
+                mount_path: DATA_DIR.to_owned(),
+                ..VolumeMount::default()
+            },
+        ]),
+        ..Container::default()
+    };
+    let mut template_labels = labels(net);
+    template_labels.extend(selector_labels(net));
+    StatefulSet {
+        metadata: object_meta(net, statefulset_name(net)),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(net.spec.nodes),
+            service_name: Some(service_name(net)),
+            // All nodes start at once: a network of n nodes comes up in the
+            // time of one.
+            pod_management_policy: Some("Parallel".to_owned()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(net)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        config_hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![container],
+                    security_context: Some(PodSecurityContext {
+                        run_as_user: Some(BITCOIN_UID),
+                        run_as_group: Some(BITCOIN_UID),
+                        fs_group: Some(BITCOIN_UID),
+                        ..PodSecurityContext::default()
+                    }),
+                    automount_service_account_token: Some(false),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "config".to_owned(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(config_secret_name(net)),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                        Volume {
+                            name: "data".to_owned(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Fields of the StatefulSet the controller owns (replicas, image, command,
+/// probe, configuration hash, labels) differ from the wanted ones.
+pub fn statefulset_drifted(existing: &StatefulSet, wanted: &StatefulSet) -> bool {
+    let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else {
+        return true;
+    };
+    let annotation = |s: &StatefulSetSpec| {
+        s.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+    };
+    let container = |s: &StatefulSetSpec| {
+        s.template.spec.as_ref().and_then(|p| p.containers.first()).map(|c| {
+            (
+                c.image.clone(),
+                c.command.clone(),
+                c.readiness_probe.as_ref().and_then(|p| p.exec.clone()),
+            )
+        })
+    };
+    have.replicas != want.replicas
+        || annotation(have) != annotation(want)
+        || container(have) != container(want)
+        || existing.metadata.labels != wanted.metadata.labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BitcoinNetworkSpec;
+
+    fn net(nodes: i32) -> BitcoinNetwork {
+        let mut net = BitcoinNetwork::new(
+            "my-network",
+            BitcoinNetworkSpec {
+                nodes,
+                ..Default::default()
+            },
+        );
+        net.metadata.namespace = Some("ns1".into());
+        net.metadata.uid = Some("uid-1".into());
+        net
+    }
+
+    #[test]
+    fn names_follow_the_original_controller() {
+        let n = net(3);
+        assert_eq!(service_name(&n), "my-network-svc");
+        assert_eq!(statefulset_name(&n), "my-network-sts");
+        assert_eq!(
+            dns_name(&n, "my-network-sts-0"),
+            "my-network-sts-0.my-network-svc.ns1.svc.cluster.local"
+        );
+    }
+
+    #[test]
+    fn credentials_secret_defaults_to_the_network_name() {
+        let mut n = net(1);
+        assert_eq!(credentials_secret_name(&n), "my-network");
+        assert!(generates_credentials(&n));
+        n.spec.secret = Some(String::new());
+        assert!(generates_credentials(&n));
+        n.spec.secret = Some("mine".into());
+        assert_eq!(credentials_secret_name(&n), "mine");
+        assert!(!generates_credentials(&n));
+    }
+
+    #[test]
+    fn owned_objects_carry_a_controller_reference() {
+        let n = net(3);
+        for meta in [
+            service(&n).metadata,
+            statefulset(&n, "h").metadata,
+            config_secret(&n, "x").metadata,
+            credentials_secret(&n, "u", "p").metadata,
+        ] {
+            assert!(is_controlled_by(&meta, &n), "{meta:?}");
+            assert_eq!(meta.namespace.as_deref(), Some("ns1"));
+            assert_eq!(meta.labels.as_ref().unwrap()[NETWORK_LABEL], "my-network");
+        }
+        let mut other = net(3);
+        other.metadata.uid = Some("uid-2".into());
+        assert!(!is_controlled_by(&service(&n).metadata, &other));
+    }
+
+    #[test]
+    fn service_is_headless_with_named_ports() {
+        let svc = service(&net(3));
+        let spec = svc.spec.unwrap();
+        assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+        let ports: Vec<_> = spec
+            .ports
+            .unwrap()
+            .into_iter()
+            .map(|p| (p.name.unwrap(), p.port))
+            .collect();
+        assert_eq!(ports, vec![("rpc".into(), 18443), ("p2p".into(), 18444)]);
+    }
+
+    #[test]
+    fn statefulset_runs_bitcoind_with_the_rendered_config() {
+        let n = net(3);
+        let sts = statefulset(&n, "abc");
+        let spec = sts.spec.unwrap();
+        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.service_name.as_deref(), Some("my-network-svc"));
+        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+        let template_meta = spec.template.metadata.unwrap();
+        assert_eq!(
+            template_meta.annotations.unwrap()[CONFIG_HASH_ANNOTATION],
+            "abc"
+        );
+        // The selector must match the template labels.
+        let selector = spec.selector.match_labels.unwrap();
+        let template_labels = template_meta.labels.unwrap();
+        assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));
+        let pod = spec.template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some(crate::api::DEFAULT_IMAGE));
+        let probe = c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap();
+        assert_eq!(probe.command.as_ref().unwrap().last().unwrap(), "getnetworkinfo");
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(
+            volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),
+            Some("my-network-config")
+        );
+        // No credential of any kind in the pod spec.
+        let text = serde_json::to_string(&pod.containers).unwrap();
+        assert!(!text.contains("rpcpassword") && !text.contains("BC_RPC"));
+    }
+
+    #[test]
+    fn drift_detection_covers_owned_fields_only() {
+        let n = net(3);
+        let wanted = statefulset(&n, "h1");
+        assert!(!statefulset_drifted(&wanted, &wanted));
+
+        let mut scaled = wanted.clone();
+        scaled.spec.as_mut().unwrap().replicas = Some(5);
+        assert!(statefulset_drifted(&scaled, &wanted));
+
+        assert!(statefulset_drifted(&statefulset(&n, "h2"), &wanted));
+
+        let mut image = n.clone();
+        image.spec.image = Some("other:1".into());
+        assert!(statefulset_drifted(&statefulset(&image, "h1"), &wanted));
+
+        // Fields the API server defaults are not drift.
+        let mut defaulted = wanted.clone();
+        let spec = defaulted.spec.as_mut().unwrap();
+        spec.revision_history_limit = Some(10);
+        spec.template.spec.as_mut().unwrap().containers[0].termination_message_path =
+            Some("/dev/termination-log".into());
+        assert!(!statefulset_drifted(&defaulted, &wanted));
+
+        let svc = service(&n);
+        assert!(!service_drifted(&svc, &svc));
+        let mut changed = svc.clone();
+        changed.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 1;
+        assert!(service_drifted(&changed, &svc));
+    }
+
+    #[test]
+    fn secret_values_read_data_and_string_data() {
+        let s = credentials_secret(&net(1), "alice", "pw");
+        assert_eq!(secret_value(&s, USER_KEY), Some("alice"));
+        let s = Secret {
+            string_data: Some(BTreeMap::from([(PASSWORD_KEY.into(), "x".into())])),
+            ..Secret::default()
+        };
+        assert_eq!(secret_value(&s, PASSWORD_KEY), Some("x"));
+        assert_eq!(secret_value(&s, USER_KEY), None);
+    }
+}
