@@ -16,6 +16,9 @@ mod reflector;
 mod source;
 mod store;
 
+#[cfg(test)]
+mod tests;
+
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
