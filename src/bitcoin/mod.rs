@@ -1,1 +1,14 @@
-//! stub
+//! Talking to Bitcoin Core: a JSON-RPC client for the calls the controller
+//! makes, and the node configuration (`bitcoin.conf`, `rpcauth`).
+
+mod config;
+mod rpc;
+
+pub use config::{
+    is_valid_rpc_user, random_password, random_salt, render_bitcoin_conf, rpcauth, P2P_PORT,
+    RPC_PORT,
+};
+pub use rpc::{
+    AddedNodeAddress, AddedNodeInfo, BlockchainInfo, NetworkInfo, RpcClient, RpcConfig, RpcError,
+    RPC_NODE_ALREADY_ADDED, RPC_NODE_NOT_ADDED,
+};

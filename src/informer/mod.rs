@@ -1,1 +1,196 @@
-//! stub
+//! Informers: local caches of API objects kept current by a reflector, with
+//! event handlers and periodic resync, in the style of client-go's
+//! `SharedIndexInformer` (one informer per kind, shared by the controller).
+//!
+//! The reflector lists every object (page by page), replaces the cache with
+//! the result, then watches from the list's resourceVersion. A watch that the
+//! server ends, or that stays silent longer than the idle timeout, is resumed
+//! from the last resourceVersion seen (events and bookmarks advance it); a
+//! `410 Gone` means that version is too old, so the reflector lists again.
+//! Other failures are retried after an exponential backoff.
+//!
+//! Handlers run on the informer task right after the cache changed, so they
+//! must be cheap (enqueue a key and return).
+
+mod reflector;
+mod source;
+mod store;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube_client::Resource;
+use log::{debug, info};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+pub use source::{ListerWatcher, WatchStream};
+pub use store::{InvalidObjectKey, Lister, ObjectKey};
+
+use store::{Change, Store};
+
+/// Default for [`Informer::with_idle_timeout`]: longer than the server-side
+/// watch timeout the reflector asks for (5 to 5.5 minutes).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(6 * 60);
+
+/// Receives the changes of an informer's cache.
+///
+/// Called synchronously on the informer task after the cache was updated;
+/// implementations should only enqueue work.
+pub trait EventHandler<K>: Send + Sync {
+    /// An object appeared.
+    fn on_add(&self, obj: &Arc<K>);
+    /// An object changed; on resync `old` and `new` are the same object.
+    fn on_update(&self, old: &Arc<K>, new: &Arc<K>);
+    /// An object went away; `obj` is its last known state.
+    fn on_delete(&self, obj: &Arc<K>);
+}
+
+/// Whether an informer has completed its first list. Cheap to clone.
+#[derive(Clone)]
+pub struct SyncedFlag {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl SyncedFlag {
+    fn new() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(false)),
+        }
+    }
+
+    fn set(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// True once the cache holds a full list; it stays true.
+    pub fn is_synced(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Waits until [`is_synced`](Self::is_synced) is true.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = rx.wait_for(|synced| *synced).await;
+    }
+}
+
+/// Waits until every flag is synced; false if `cancel` fires first.
+pub async fn wait_for_cache_sync(flags: &[SyncedFlag], cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = futures::future::join_all(flags.iter().map(SyncedFlag::wait)) => true,
+    }
+}
+
+/// A cache of one kind of object, kept current by a reflector, with event
+/// handlers and an optional periodic resync.
+pub struct Informer<K> {
+    source: Box<dyn ListerWatcher<K>>,
+    store: Store<K>,
+    handlers: Vec<Arc<dyn EventHandler<K>>>,
+    resync_period: Option<Duration>,
+    idle_timeout: Duration,
+    synced: SyncedFlag,
+    kind: String,
+}
+
+impl<K> Informer<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    /// An informer fed by `source`. With `resync_period` set, every cached
+    /// object is re-delivered as `on_update(obj, obj)` at that period.
+    pub fn new(source: impl ListerWatcher<K> + 'static, resync_period: Option<Duration>) -> Self {
+        Self {
+            source: Box::new(source),
+            store: Store::new(),
+            handlers: Vec::new(),
+            resync_period: resync_period.filter(|p| !p.is_zero()),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            synced: SyncedFlag::new(),
+            kind: K::kind(&()).into_owned(),
+        }
+    }
+
+    /// How long the reflector waits for any one API response (a list page,
+    /// a watch call, the next watch event) before giving up on it; default
+    /// [`DEFAULT_IDLE_TIMEOUT`]. A silent watch is resumed, a slow list or
+    /// watch call counts as a failure. Keep it above the 5.5 minute
+    /// server-side watch timeout.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// A read-only view of the cache.
+    pub fn lister(&self) -> Lister<K> {
+        self.store.lister()
+    }
+
+    /// Registers a handler; call before [`run`](Self::run).
+    pub fn add_event_handler(&mut self, handler: Arc<dyn EventHandler<K>>) {
+        self.handlers.push(handler);
+    }
+
+    /// The flag that turns true after the first complete list.
+    pub fn synced(&self) -> SyncedFlag {
+        self.synced.clone()
+    }
+
+    /// Runs the reflector (and the resync timer) until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        info!("{} informer: starting", self.kind);
+        tokio::select! {
+            _ = cancel.cancelled() => {}
+            _ = self.reflect() => {}
+            _ = self.resync() => {}
+        }
+        info!("{} informer: stopped", self.kind);
+    }
+
+    /// Delivers a cache change to every handler.
+    fn notify(&self, change: &Change<K>) {
+        for handler in &self.handlers {
+            match change {
+                Change::Added(obj) => handler.on_add(obj),
+                Change::Updated { old, new } => handler.on_update(old, new),
+                Change::Deleted(obj) => handler.on_delete(obj),
+            }
+        }
+    }
+
+    /// Re-delivers every cached object as an update, each resync period
+    /// once synced; never returns.
+    async fn resync(&self) {
+        let Some(period) = self.resync_period else {
+            return std::future::pending().await;
+        };
+        self.synced.wait().await;
+        let mut ticks = interval_at(Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let objects = self.store.snapshot();
+            debug!(
+                "{} informer: resync of {} objects",
+                self.kind,
+                objects.len()
+            );
+            for obj in objects {
+                self.notify(&Change::Updated {
+                    old: Arc::clone(&obj),
+                    new: obj,
+                });
+            }
+        }
+    }
+}

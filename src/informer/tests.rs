@@ -1,0 +1,571 @@
+//! Reflector and informer tests against a fake API that the test answers
+//! call by call, on a paused clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::channel::mpsc::{unbounded, UnboundedSender};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ManagedFieldsEntry, ObjectMeta};
+use kube_client::api::{ListParams, WatchEvent};
+use kube_client::core::watch::{Bookmark, BookmarkMeta};
+use kube_client::core::{ListMeta, ObjectList, Status, TypeMeta};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::reflector::{Backoff, PAGE_SIZE, WATCH_JITTER_SECS, WATCH_TIMEOUT_SECS};
+use super::*;
+
+type Cm = ConfigMap;
+type Reply<T> = oneshot::Sender<Result<T, kube_client::Error>>;
+type Feed = UnboundedSender<Result<WatchEvent<Cm>, kube_client::Error>>;
+
+/// A call the informer made; the test answers it through `reply`.
+enum Call {
+    List {
+        params: ListParams,
+        reply: Reply<ObjectList<Cm>>,
+    },
+    Watch {
+        rv: String,
+        timeout_secs: u32,
+        reply: Reply<WatchStream<Cm>>,
+    },
+}
+
+struct FakeSource(mpsc::UnboundedSender<Call>);
+
+/// The test's answer; a call the test never answers stays pending.
+async fn answer<T>(
+    rx: oneshot::Receiver<Result<T, kube_client::Error>>,
+) -> Result<T, kube_client::Error> {
+    match rx.await {
+        Ok(result) => result,
+        Err(_) => std::future::pending().await,
+    }
+}
+
+impl ListerWatcher<Cm> for FakeSource {
+    fn list<'a>(
+        &'a self,
+        params: &'a ListParams,
+    ) -> BoxFuture<'a, Result<ObjectList<Cm>, kube_client::Error>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.0.send(Call::List {
+            params: params.clone(),
+            reply,
+        });
+        answer(rx).boxed()
+    }
+
+    fn watch<'a>(
+        &'a self,
+        resource_version: &'a str,
+        timeout_secs: u32,
+    ) -> BoxFuture<'a, Result<WatchStream<Cm>, kube_client::Error>> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.0.send(Call::Watch {
+            rv: resource_version.to_owned(),
+            timeout_secs,
+            reply,
+        });
+        answer(rx).boxed()
+    }
+}
+
+/// Records what handlers receive, as `add ns/name@rv`,
+/// `update ns/name@rv -> ns/name@rv`, `resync ns/name@rv` (update with the
+/// very same object) and `delete ns/name@rv`.
+struct Recorder(mpsc::UnboundedSender<String>);
+
+fn describe(obj: &Cm) -> String {
+    let rv = obj.metadata.resource_version.as_deref().unwrap_or("");
+    format!("{}@{rv}", ObjectKey::from_object(obj))
+}
+
+impl EventHandler<Cm> for Recorder {
+    fn on_add(&self, obj: &Arc<Cm>) {
+        let _ = self.0.send(format!("add {}", describe(obj)));
+    }
+    fn on_update(&self, old: &Arc<Cm>, new: &Arc<Cm>) {
+        let seen = if Arc::ptr_eq(old, new) {
+            format!("resync {}", describe(new))
+        } else {
+            format!("update {} -> {}", describe(old), describe(new))
+        };
+        let _ = self.0.send(seen);
+    }
+    fn on_delete(&self, obj: &Arc<Cm>) {
+        let _ = self.0.send(format!("delete {}", describe(obj)));
+    }
+}
+
+/// Virtual time a test waits for the informer before failing.
+const PATIENCE: Duration = Duration::from_secs(3600);
+
+struct Harness {
+    calls: mpsc::UnboundedReceiver<Call>,
+    seen: mpsc::UnboundedReceiver<String>,
+    lister: Lister<Cm>,
+    synced: SyncedFlag,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+fn start(resync: Option<Duration>) -> Harness {
+    let (calls_tx, calls) = mpsc::unbounded_channel();
+    let (seen_tx, seen) = mpsc::unbounded_channel();
+    let mut informer = Informer::new(FakeSource(calls_tx), resync);
+    informer.add_event_handler(Arc::new(Recorder(seen_tx)));
+    let cancel = CancellationToken::new();
+    Harness {
+        calls,
+        seen,
+        lister: informer.lister(),
+        synced: informer.synced(),
+        cancel: cancel.clone(),
+        task: tokio::spawn(informer.run(cancel)),
+    }
+}
+
+impl Harness {
+    async fn next_call(&mut self) -> Call {
+        timeout(PATIENCE, self.calls.recv())
+            .await
+            .expect("no call from the informer")
+            .expect("informer gone")
+    }
+
+    async fn expect_list(&mut self) -> (ListParams, Reply<ObjectList<Cm>>) {
+        match self.next_call().await {
+            Call::List { params, reply } => (params, reply),
+            Call::Watch { rv, .. } => panic!("expected a list, got a watch from {rv}"),
+        }
+    }
+
+    async fn expect_watch(&mut self) -> (String, u32, Reply<WatchStream<Cm>>) {
+        match self.next_call().await {
+            Call::Watch {
+                rv,
+                timeout_secs,
+                reply,
+            } => (rv, timeout_secs, reply),
+            Call::List { .. } => panic!("expected a watch, got a list"),
+        }
+    }
+
+    /// Answers the next call, a list, with one page.
+    async fn serve_list(&mut self, rv: &str, items: Vec<Cm>) {
+        let (_, reply) = self.expect_list().await;
+        reply.send(Ok(page(rv, items, None))).unwrap();
+    }
+
+    /// Answers the next call, a watch, with a stream fed through the
+    /// returned sender (dropping it ends the stream); also returns the
+    /// resourceVersion watched from.
+    async fn open_watch(&mut self) -> (String, Feed) {
+        let (rv, _, reply) = self.expect_watch().await;
+        let (feed, events) = unbounded();
+        reply.send(Ok(events.boxed())).map_err(drop).unwrap();
+        (rv, feed)
+    }
+
+    /// The next `n` handler calls, sorted.
+    async fn seen(&mut self, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let next = timeout(PATIENCE, self.seen.recv()).await;
+            out.push(next.expect("no handler call").expect("informer gone"));
+        }
+        out.sort();
+        out
+    }
+
+    fn nothing_seen(&mut self) {
+        if let Ok(extra) = self.seen.try_recv() {
+            panic!("unexpected handler call: {extra}");
+        }
+    }
+
+    fn cached(&self, name: &str) -> Option<String> {
+        self.lister.get("default", name).map(|o| describe(&o))
+    }
+
+    /// Cancels and checks that `run` returns without any time passing.
+    async fn stop(self) {
+        self.cancel.cancel();
+        timeout(Duration::from_millis(1), self.task)
+            .await
+            .expect("run kept going after cancel")
+            .expect("informer task panicked");
+    }
+}
+
+fn cm(name: &str, rv: &str) -> Cm {
+    ConfigMap {
+        metadata: ObjectMeta {
+            namespace: Some("default".into()),
+            name: Some(name.into()),
+            resource_version: Some(rv.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn page(rv: &str, items: Vec<Cm>, next: Option<&str>) -> ObjectList<Cm> {
+    ObjectList {
+        types: TypeMeta {
+            api_version: "v1".into(),
+            kind: "ConfigMapList".into(),
+        },
+        metadata: ListMeta {
+            resource_version: Some(rv.into()),
+            continue_: next.map(Into::into),
+            ..Default::default()
+        },
+        items,
+    }
+}
+
+fn status(code: u16, reason: &str) -> Box<Status> {
+    Status::failure("test", reason).with_code(code).boxed()
+}
+
+fn api_error(code: u16, reason: &str) -> kube_client::Error {
+    kube_client::Error::Api(status(code, reason))
+}
+
+fn bookmark(rv: &str) -> WatchEvent<Cm> {
+    WatchEvent::Bookmark(Bookmark {
+        types: TypeMeta {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+        },
+        metadata: BookmarkMeta {
+            resource_version: rv.into(),
+            annotations: Default::default(),
+        },
+    })
+}
+
+/// Asserts `gap` is a backoff delay of `base` with its jitter.
+fn assert_backoff(gap: Duration, base: Duration) {
+    let max = base.mul_f64(1.0 + Backoff::JITTER);
+    assert!(
+        base <= gap && gap <= max,
+        "{gap:?} not in {base:?}..={max:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_list_reads_all_pages_then_syncs() {
+    let mut h = start(None);
+    let (first, reply) = h.expect_list().await;
+    assert_eq!(first.limit, Some(PAGE_SIZE));
+    assert_eq!(first.continue_token, None);
+    reply
+        .send(Ok(page(
+            "10",
+            vec![cm("a", "1"), cm("b", "2")],
+            Some("next-1"),
+        )))
+        .unwrap();
+
+    let (second, reply) = h.expect_list().await;
+    assert_eq!(second.limit, Some(PAGE_SIZE));
+    assert_eq!(second.continue_token.as_deref(), Some("next-1"));
+    assert!(!h.synced.is_synced(), "synced before the last page");
+    reply
+        .send(Ok(page("10", vec![cm("c", "3")], None)))
+        .unwrap();
+
+    assert_eq!(
+        h.seen(3).await,
+        ["add default/a@1", "add default/b@2", "add default/c@3"]
+    );
+    let cancel = CancellationToken::new();
+    assert!(wait_for_cache_sync(&[h.synced.clone()], &cancel).await);
+    assert_eq!(h.lister.list().len(), 3);
+
+    let (rv, timeout_secs, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "10");
+    assert!((WATCH_TIMEOUT_SECS..WATCH_TIMEOUT_SECS + WATCH_JITTER_SECS).contains(&timeout_secs));
+    assert!(Duration::from_secs(timeout_secs.into()) < DEFAULT_IDLE_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_events_reach_store_and_handlers() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (rv, feed) = h.open_watch().await;
+    assert_eq!(rv, "1");
+
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("b", "2"))))
+        .unwrap();
+    assert_eq!(h.seen(1).await, ["add default/b@2"]);
+    assert_eq!(h.cached("b").as_deref(), Some("default/b@2"));
+
+    feed.unbounded_send(Ok(WatchEvent::Modified(cm("b", "3"))))
+        .unwrap();
+    assert_eq!(h.seen(1).await, ["update default/b@2 -> default/b@3"]);
+    assert_eq!(h.cached("b").as_deref(), Some("default/b@3"));
+
+    feed.unbounded_send(Ok(WatchEvent::Deleted(cm("b", "4"))))
+        .unwrap();
+    assert_eq!(h.seen(1).await, ["delete default/b@4"]);
+    assert_eq!(h.cached("b"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn bookmark_moves_resource_version_without_touching_store() {
+    let mut h = start(None);
+    h.serve_list("1", vec![cm("a", "1")]).await;
+    assert_eq!(h.seen(1).await, ["add default/a@1"]);
+    let (_, feed) = h.open_watch().await;
+
+    feed.unbounded_send(Ok(bookmark("7"))).unwrap();
+    drop(feed);
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "7");
+    h.nothing_seen();
+    assert_eq!(h.lister.list().len(), 1);
+    assert_eq!(h.cached("a").as_deref(), Some("default/a@1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_error_event_relists_with_tombstones_and_updates() {
+    let mut h = start(None);
+    h.serve_list("1", vec![cm("a", "1"), cm("b", "1"), cm("same", "1")])
+        .await;
+    h.seen(3).await;
+    let (_, feed) = h.open_watch().await;
+
+    let t0 = Instant::now();
+    feed.unbounded_send(Ok(WatchEvent::Error(status(410, "Expired"))))
+        .unwrap();
+    h.serve_list("5", vec![cm("a", "2"), cm("c", "3"), cm("same", "1")])
+        .await;
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "a 410 relists without backoff"
+    );
+
+    assert_eq!(
+        h.seen(3).await,
+        [
+            "add default/c@3",
+            "delete default/b@1",
+            "update default/a@1 -> default/a@2"
+        ]
+    );
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "5");
+    h.nothing_seen();
+    assert_eq!(h.cached("b"), None);
+    assert_eq!(h.cached("a").as_deref(), Some("default/a@2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_api_error_relists_from_watch_call_and_stream() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+
+    let (_, _, reply) = h.expect_watch().await;
+    reply
+        .send(Err(api_error(410, "Expired")))
+        .map_err(drop)
+        .unwrap();
+    h.serve_list("2", vec![]).await;
+
+    let (rv, feed) = h.open_watch().await;
+    assert_eq!(rv, "2");
+    feed.unbounded_send(Err(api_error(410, "Gone"))).unwrap();
+    h.serve_list("3", vec![]).await;
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "3");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_end_rewatches_from_last_resource_version() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (_, feed) = h.open_watch().await;
+
+    let t0 = Instant::now();
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "3"))))
+        .unwrap();
+    drop(feed);
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "3");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "no backoff after a normal end"
+    );
+    assert_eq!(h.seen(1).await, ["add default/a@3"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_watch_is_abandoned_and_rewatched() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (_, _feed) = h.open_watch().await;
+
+    let t0 = Instant::now();
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "1");
+    assert_eq!(t0.elapsed(), DEFAULT_IDLE_TIMEOUT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_is_configurable() {
+    let (calls_tx, mut calls) = mpsc::unbounded_channel();
+    let informer =
+        Informer::new(FakeSource(calls_tx), None).with_idle_timeout(Duration::from_secs(10));
+    tokio::spawn(informer.run(CancellationToken::new()));
+
+    // A list that never answers is given up after the idle timeout, then
+    // retried after a backoff.
+    let t0 = Instant::now();
+    assert!(matches!(calls.recv().await, Some(Call::List { .. })));
+    assert!(matches!(calls.recv().await, Some(Call::List { .. })));
+    assert_backoff(t0.elapsed() - Duration::from_secs(10), Backoff::INITIAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn managed_fields_are_stripped() {
+    let with_managed_fields = |name: &str| {
+        let mut obj = cm(name, "1");
+        obj.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            ..Default::default()
+        }]);
+        obj
+    };
+    let mut h = start(None);
+    h.serve_list("1", vec![with_managed_fields("listed")]).await;
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Ok(WatchEvent::Added(with_managed_fields("watched"))))
+        .unwrap();
+    h.seen(2).await;
+
+    for name in ["listed", "watched"] {
+        let obj = h.lister.get("default", name).unwrap();
+        assert_eq!(obj.metadata.managed_fields, None, "{name}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn resync_redelivers_every_object_as_same_update() {
+    let period = Duration::from_secs(30);
+    let mut h = start(Some(period));
+    h.serve_list("1", vec![cm("a", "1"), cm("b", "1")]).await;
+    h.seen(2).await;
+    let t0 = Instant::now();
+
+    for round in 1..=2 {
+        assert_eq!(
+            h.seen(2).await,
+            ["resync default/a@1", "resync default/b@1"]
+        );
+        assert_eq!(t0.elapsed(), period * round);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn list_errors_back_off_with_growing_jittered_delays() {
+    let mut h = start(None);
+    let mut last = Instant::now();
+    let mut gaps = Vec::new();
+    for _ in 0..4 {
+        let (_, reply) = h.expect_list().await;
+        gaps.push(last.elapsed());
+        last = Instant::now();
+        reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    }
+    assert!(!h.synced.is_synced());
+    h.serve_list("1", vec![]).await;
+    h.synced.wait().await;
+
+    assert_eq!(gaps[0], Duration::ZERO, "first list at once");
+    for (gap, base_ms) in gaps[1..].iter().zip([800, 1600, 3200]) {
+        assert_backoff(*gap, Duration::from_millis(base_ms));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_errors_back_off_then_rewatch() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+
+    // A watch closed at once without any event is a failure.
+    let (_, feed) = h.open_watch().await;
+    drop(feed);
+    let t0 = Instant::now();
+    let (_, feed) = h.open_watch().await;
+    assert_backoff(t0.elapsed(), Backoff::INITIAL);
+
+    // So is an error event other than 410; the watch resumes where it was.
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "2"))))
+        .unwrap();
+    feed.unbounded_send(Ok(WatchEvent::Error(status(500, "InternalError"))))
+        .unwrap();
+    let t0 = Instant::now();
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "2");
+    assert_backoff(t0.elapsed(), Backoff::INITIAL * 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_grows_to_max_and_resets_after_healthy_period() {
+    let mut backoff = Backoff::new();
+    assert_backoff(backoff.delay(), Backoff::INITIAL);
+    assert_backoff(backoff.delay(), Backoff::INITIAL * 2);
+    for _ in 0..10 {
+        backoff.delay();
+    }
+    assert_backoff(backoff.delay(), Backoff::MAX);
+
+    tokio::time::advance(Backoff::RESET_AFTER + Duration::from_secs(1)).await;
+    assert_backoff(backoff.delay(), Backoff::INITIAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_stops_run_promptly() {
+    // While watching.
+    let mut h = start(Some(Duration::from_secs(30)));
+    h.serve_list("1", vec![]).await;
+    let (_, _feed) = h.open_watch().await;
+    h.stop().await;
+
+    // While backing off after a failed list.
+    let mut h = start(None);
+    let (_, reply) = h.expect_list().await;
+    reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    tokio::task::yield_now().await;
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_cache_sync_needs_all_flags_or_returns_false_on_cancel() {
+    let (a, b) = (SyncedFlag::new(), SyncedFlag::new());
+    a.set();
+    let cancel = CancellationToken::new();
+    let canceller = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        canceller.cancel();
+    });
+    assert!(!wait_for_cache_sync(&[a.clone(), b.clone()], &cancel).await);
+
+    let cancel = CancellationToken::new();
+    let setter = b.clone();
+    tokio::spawn(async move { setter.set() });
+    assert!(wait_for_cache_sync(&[a, b], &cancel).await);
+}
