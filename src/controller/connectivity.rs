@@ -100,7 +100,7 @@ pub async fn sync(
     password: &str,
     ready: &[Endpoint],
 ) -> Vec<NodeOutcome> {
-    stream::iter(ready)
+    stream::iter(ready.iter().cloned())
         .map(|node| async move {
             let cfg = RpcConfig {
                 host: node.ip.clone(),
@@ -114,7 +114,7 @@ pub async fn sync(
                 removed: Vec::new(),
                 result: Ok(NodeReport::default()),
             };
-            outcome.result = sync_node(rpc, &cfg, &wanted_peers(node, ready), &mut outcome).await;
+            outcome.result = sync_node(rpc, &cfg, &wanted_peers(&node, ready), &mut outcome).await;
             outcome
         })
         .buffer_unordered(CONCURRENCY)
@@ -181,7 +181,11 @@ mod tests {
 
     #[test]
     fn wanted_is_every_other_ready_node() {
-        let ready = [ep("a", "127.0.0.2"), ep("b", "127.0.0.3"), ep("c", "127.0.0.4")];
+        let ready = [
+            ep("a", "127.0.0.2"),
+            ep("b", "127.0.0.3"),
+            ep("c", "127.0.0.4"),
+        ];
         assert_eq!(
             wanted_peers(&ready[0], &ready),
             set(&["127.0.0.3:18444", "127.0.0.4:18444"])
@@ -191,7 +195,8 @@ mod tests {
 
     #[test]
     fn diff_table() {
-        let cases: &[(&[&str], &[&str], &[&str], &[&str])] = &[
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
             // (added, wanted, expected add, expected remove)
             (&[], &[], &[], &[]),
             (&[], &["127.0.0.3:18444"], &["127.0.0.3:18444"], &[]),
@@ -206,12 +211,21 @@ mod tests {
                 &["127.0.0.9"],
             ),
             // A node on another port is not the wanted node.
-            (&["127.0.0.3:1"], &["127.0.0.3:18444"], &["127.0.0.3:18444"], &["127.0.0.3:1"]),
+            (
+                &["127.0.0.3:1"],
+                &["127.0.0.3:18444"],
+                &["127.0.0.3:18444"],
+                &["127.0.0.3:1"],
+            ),
             (&["127.0.0.3:18444"], &[], &[], &["127.0.0.3:18444"]),
         ];
         for (have, want, add, remove) in cases {
             let d = diff(&added(have), &set(want));
-            assert_eq!(d.add, set(add).into_iter().collect::<Vec<_>>(), "{have:?} -> {want:?}");
+            assert_eq!(
+                d.add,
+                set(add).into_iter().collect::<Vec<_>>(),
+                "{have:?} -> {want:?}"
+            );
             assert_eq!(
                 d.remove,
                 remove.iter().map(|s| s.to_string()).collect::<Vec<_>>(),

@@ -60,7 +60,13 @@ impl Recorder {
 
     /// Publishes an Event in the background. `reason` is CamelCase; `message`
     /// must never contain credentials.
-    pub fn publish(&self, net: &BitcoinNetwork, type_: EventType, reason: &'static str, message: String) {
+    pub fn publish(
+        &self,
+        net: &BitcoinNetwork,
+        type_: EventType,
+        reason: &'static str,
+        message: String,
+    ) {
         let recorder = self.clone();
         let net_ref = ObjectReference {
             api_version: Some(crate::api::API_VERSION.to_owned()),
@@ -86,13 +92,21 @@ impl Recorder {
         message: String,
     ) -> Result<(), kube_client::Error> {
         let namespace = regarding.namespace.clone().unwrap_or_default();
-        let key = (regarding.uid.clone().unwrap_or_default(), type_, reason, message.clone());
+        let key = (
+            regarding.uid.clone().unwrap_or_default(),
+            type_,
+            reason,
+            message.clone(),
+        );
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let repeat = self.seen.get(&key).map(|e| e.value().clone());
         if let Some((ns, name, count)) = repeat {
             let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
             let patch = json!({"count": count + 1, "lastTimestamp": now});
-            match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
                 Ok(_) => {
                     self.seen.insert(key, (ns, name, count + 1));
                     return Ok(());

@@ -12,9 +12,13 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::api::BitcoinNetwork;
-use crate::bitcoin::{random_password, random_salt, render_bitcoin_conf, rpcauth};
+use crate::bitcoin::{
+    is_valid_rpc_user, random_password, random_salt, render_bitcoin_conf, rpcauth,
+};
 use crate::controller::connectivity::{self, Endpoint};
-use crate::controller::resources::{self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY};
+use crate::controller::resources::{
+    self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY,
+};
 use crate::controller::status;
 use crate::controller::{Context, EventType};
 use crate::informer::ObjectKey;
@@ -72,12 +76,22 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         return Ok(Action::Done);
     };
     let config_hash = ensure_config(ctx, &net, &creds).await?;
-    ensure(ctx, &net, "Service", ctx.services.get(&key.namespace, &resources::service_name(&net)), resources::service(&net), resources::service_drifted).await?;
+    ensure(
+        ctx,
+        &net,
+        "Service",
+        ctx.services
+            .get(&key.namespace, &resources::service_name(&net)),
+        resources::service(&net),
+        resources::service_drifted,
+    )
+    .await?;
     ensure(
         ctx,
         &net,
         "StatefulSet",
-        ctx.statefulsets.get(&key.namespace, &resources::statefulset_name(&net)),
+        ctx.statefulsets
+            .get(&key.namespace, &resources::statefulset_name(&net)),
         resources::statefulset(&net, &config_hash),
         resources::statefulset_drifted,
     )
@@ -111,10 +125,20 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
     let mut mesh_complete = true;
     for outcome in outcomes {
         for addr in &outcome.added {
-            ctx.recorder.publish(&net, EventType::Normal, "NodeAdded", format!("{}: added peer {addr}", outcome.pod_name));
+            ctx.recorder.publish(
+                &net,
+                EventType::Normal,
+                "NodeAdded",
+                format!("{}: added peer {addr}", outcome.pod_name),
+            );
         }
         for addr in &outcome.removed {
-            ctx.recorder.publish(&net, EventType::Normal, "NodeRemoved", format!("{}: removed peer {addr}", outcome.pod_name));
+            ctx.recorder.publish(
+                &net,
+                EventType::Normal,
+                "NodeRemoved",
+                format!("{}: removed peer {addr}", outcome.pod_name),
+            );
         }
         match outcome.result {
             Ok(report) => {
@@ -130,23 +154,39 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         }
     }
 
-    let status = status::compute(&net, status::nodes(&net, pods.iter().map(AsRef::as_ref), &reports));
+    let status = status::compute(
+        &net,
+        status::nodes(&net, pods.iter().map(AsRef::as_ref), &reports),
+    );
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
-        api.patch_status(net.name(), &PatchParams::default(), &Patch::Merge(json!({ "status": status })))
-            .await?;
-        log::debug!("{key}: status updated ({} of {} nodes ready)", status.ready_nodes, status.nodes.len());
+        api.patch_status(
+            net.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await?;
+        log::debug!(
+            "{key}: status updated ({} of {} nodes ready)",
+            status.ready_nodes,
+            status.nodes.len()
+        );
     }
 
     if let Some(first) = failures.first() {
-        ctx.recorder.publish(&net, EventType::Warning, "NodeSyncFailed", first.clone());
+        ctx.recorder
+            .publish(&net, EventType::Warning, "NodeSyncFailed", first.clone());
         return Err(Error::Nodes {
             failed: failures.len(),
             total: ready.len(),
             first: first.clone(),
         });
     }
-    Ok(if mesh_complete { Action::Done } else { Action::RequeueAfter(MESH_POLL) })
+    Ok(if mesh_complete {
+        Action::Done
+    } else {
+        Action::RequeueAfter(MESH_POLL)
+    })
 }
 
 /// Reads the network's RPC credentials, creating the generated Secret when
@@ -162,9 +202,17 @@ async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Crede
             // Create, never apply: an existing Secret (one the cache has not
             // seen yet) must not get a new password.
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            api.create(&PostParams::default(), &resources::credentials_secret(net, &user, &password))
-                .await?;
-            ctx.recorder.publish(net, EventType::Normal, "SecretCreated", format!("created RPC credentials Secret {name}"));
+            api.create(
+                &PostParams::default(),
+                &resources::credentials_secret(net, &user, &password),
+            )
+            .await?;
+            ctx.recorder.publish(
+                net,
+                EventType::Normal,
+                "SecretCreated",
+                format!("created RPC credentials Secret {name}"),
+            );
             return Ok(Some(Credentials { user, password }));
         }
         None => {
@@ -180,17 +228,22 @@ async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Crede
     if resources::generates_credentials(net) && !is_controlled_by(&secret.metadata, net) {
         conflict(ctx, net, "Secret", &name)?;
     }
-    match (secret_value(&secret, USER_KEY), secret_value(&secret, PASSWORD_KEY)) {
-        (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => Ok(Some(Credentials {
-            user: user.to_owned(),
-            password: password.to_owned(),
-        })),
+    match (
+        secret_value(&secret, USER_KEY),
+        secret_value(&secret, PASSWORD_KEY),
+    ) {
+        (Some(user), Some(password)) if is_valid_rpc_user(user) && !password.is_empty() => {
+            Ok(Some(Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }))
+        }
         _ => {
             ctx.recorder.publish(
                 net,
                 EventType::Warning,
                 "SecretInvalid",
-                format!("Secret {name} lacks a non-empty {USER_KEY} or {PASSWORD_KEY}"),
+                format!("Secret {name} needs a valid {USER_KEY} (no ':', '#' or whitespace) and a non-empty {PASSWORD_KEY}"),
             );
             Ok(None)
         }
@@ -201,22 +254,38 @@ async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Crede
 /// matches the credentials; returns the hash of the configuration. An existing
 /// salt is kept, so the configuration (and the pods) change only when the
 /// credentials do.
-async fn ensure_config(ctx: &Context, net: &BitcoinNetwork, creds: &Credentials) -> Result<String, Error> {
+async fn ensure_config(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    creds: &Credentials,
+) -> Result<String, Error> {
     let name = resources::config_secret_name(net);
     let existing = ctx.secrets.get(net.namespace(), &name);
-    let existing_conf = existing.as_deref().and_then(|s| secret_value(s, CONFIG_KEY));
+    let existing_conf = existing
+        .as_deref()
+        .and_then(|s| secret_value(s, CONFIG_KEY));
     let salt = existing_conf.and_then(salt_of).unwrap_or_else(random_salt);
     let conf = render_bitcoin_conf(&rpcauth(&creds.user, &creds.password, &salt));
-    ensure(ctx, net, "Secret", existing.clone(), resources::config_secret(net, &conf), |have: &Secret, want: &Secret| {
-        secret_value(have, CONFIG_KEY) != secret_value(want, CONFIG_KEY) || have.metadata.labels != want.metadata.labels
-    })
+    ensure(
+        ctx,
+        net,
+        "Secret",
+        existing.clone(),
+        resources::config_secret(net, &conf),
+        |have: &Secret, want: &Secret| {
+            secret_value(have, CONFIG_KEY) != secret_value(want, CONFIG_KEY)
+                || have.metadata.labels != want.metadata.labels
+        },
+    )
     .await?;
     Ok(resources::content_hash(conf.as_bytes()))
 }
 
 /// The salt of the `rpcauth=` line of a rendered configuration.
 fn salt_of(conf: &str) -> Option<[u8; 16]> {
-    let value = conf.lines().find_map(|l| l.trim().strip_prefix("rpcauth="))?;
+    let value = conf
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rpcauth="))?;
     let salt_hex = value.split_once(':')?.1.split_once('$')?.0;
     hex::decode(salt_hex).ok()?.try_into().ok()
 }
@@ -242,13 +311,25 @@ where
     let name = wanted.meta().name.clone().unwrap_or_default();
     let reason = match existing.as_deref() {
         None => "Created",
-        Some(have) if !is_controlled_by(have.meta(), net) => return conflict(ctx, net, kind, &name),
+        Some(have) if !is_controlled_by(have.meta(), net) => {
+            return conflict(ctx, net, kind, &name)
+        }
         Some(have) if drifted(have, &wanted) => "Updated",
         Some(_) => return Ok(()),
     };
     apply(ctx, net, &wanted).await?;
-    log::info!("{}/{}: {} {kind} {name}", net.namespace(), net.name(), reason.to_lowercase());
-    ctx.recorder.publish(net, EventType::Normal, reason, format!("{} {kind} {name}", reason.to_lowercase()));
+    log::info!(
+        "{}/{}: {} {kind} {name}",
+        net.namespace(),
+        net.name(),
+        reason.to_lowercase()
+    );
+    ctx.recorder.publish(
+        net,
+        EventType::Normal,
+        reason,
+        format!("{} {kind} {name}", reason.to_lowercase()),
+    );
     Ok(())
 }
 
@@ -264,17 +345,27 @@ where
 {
     let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
     let name = obj.meta().name.as_deref().unwrap_or_default();
-    api.patch(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
-        .await?;
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
     Ok(())
 }
 
-fn conflict(ctx: &Context, net: &BitcoinNetwork, kind: &'static str, name: &str) -> Result<(), Error> {
+fn conflict(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    kind: &'static str,
+    name: &str,
+) -> Result<(), Error> {
     let err = Error::Conflict {
         kind,
         name: name.to_owned(),
     };
-    ctx.recorder.publish(net, EventType::Warning, "ResourceConflict", err.to_string());
+    ctx.recorder
+        .publish(net, EventType::Warning, "ResourceConflict", err.to_string());
     Err(err)
 }
 

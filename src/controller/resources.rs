@@ -191,7 +191,10 @@ pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> S
         metadata: object_meta(net, credentials_secret_name(net)),
         data: Some(BTreeMap::from([
             (USER_KEY.to_owned(), ByteString(user.as_bytes().to_vec())),
-            (PASSWORD_KEY.to_owned(), ByteString(password.as_bytes().to_vec())),
+            (
+                PASSWORD_KEY.to_owned(),
+                ByteString(password.as_bytes().to_vec()),
+            ),
         ])),
         type_: Some("Opaque".to_owned()),
         ..Secret::default()
@@ -347,13 +350,17 @@ pub fn statefulset_drifted(existing: &StatefulSet, wanted: &StatefulSet) -> bool
             .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
     };
     let container = |s: &StatefulSetSpec| {
-        s.template.spec.as_ref().and_then(|p| p.containers.first()).map(|c| {
-            (
-                c.image.clone(),
-                c.command.clone(),
-                c.readiness_probe.as_ref().and_then(|p| p.exec.clone()),
-            )
-        })
+        s.template
+            .spec
+            .as_ref()
+            .and_then(|p| p.containers.first())
+            .map(|c| {
+                (
+                    c.image.clone(),
+                    c.command.clone(),
+                    c.readiness_probe.as_ref().and_then(|p| p.exec.clone()),
+                )
+            })
     };
     have.replicas != want.replicas
         || annotation(have) != annotation(want)
@@ -450,12 +457,17 @@ mod tests {
         // The selector must match the template labels.
         let selector = spec.selector.match_labels.unwrap();
         let template_labels = template_meta.labels.unwrap();
-        assert!(selector.iter().all(|(k, v)| template_labels.get(k) == Some(v)));
+        assert!(selector
+            .iter()
+            .all(|(k, v)| template_labels.get(k) == Some(v)));
         let pod = spec.template.spec.unwrap();
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some(crate::api::DEFAULT_IMAGE));
         let probe = c.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap();
-        assert_eq!(probe.command.as_ref().unwrap().last().unwrap(), "getnetworkinfo");
+        assert_eq!(
+            probe.command.as_ref().unwrap().last().unwrap(),
+            "getnetworkinfo"
+        );
         let volumes = pod.volumes.unwrap();
         assert_eq!(
             volumes[0].secret.as_ref().unwrap().secret_name.as_deref(),

@@ -77,7 +77,8 @@ impl Router {
         // Like sample-controller: ignore objects whose owner is gone or is an
         // older network of the same name.
         let net = self.networks.get(namespace, &owner.name)?;
-        (net.metadata.uid.as_ref() == Some(&owner.uid)).then(|| ObjectKey::new(namespace, &owner.name))
+        (net.metadata.uid.as_ref() == Some(&owner.uid))
+            .then(|| ObjectKey::new(namespace, &owner.name))
     }
 
     fn enqueue<K: Resource<DynamicType = ()>>(&self, obj: &K) {
