@@ -118,3 +118,189 @@ where
         self.enqueue(obj.as_ref());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BitcoinNetworkSpec;
+    use crate::controller::resources::owner_reference;
+    use k8s_openapi::api::core::v1::{Pod, Service};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn network(name: &str, uid: &str, secret: Option<&str>) -> BitcoinNetwork {
+        let mut n = BitcoinNetwork::new(
+            name,
+            BitcoinNetworkSpec {
+                nodes: 3,
+                secret: secret.map(Into::into),
+                image: None,
+            },
+        );
+        n.metadata.namespace = Some("ns".into());
+        n.metadata.uid = Some(uid.into());
+        n
+    }
+
+    fn meta(name: &str, owner: Option<OwnerReference>, rv: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            owner_references: owner.map(|o| vec![o]),
+            resource_version: Some(rv.into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    fn sts_owner(name: &str, uid: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: name.into(),
+            uid: uid.into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    /// A router over network `net` (uid u1), network `other` (uid u2, using
+    /// Secret `shared`), and StatefulSet `net-sts` (uid s1) owned by `net`.
+    fn router() -> (Router, WorkQueue<ObjectKey>) {
+        let net = network("net", "u1", None);
+        let other = network("other", "u2", Some("shared"));
+        let sts = StatefulSet {
+            metadata: meta("net-sts", Some(owner_reference(&net)), "1"),
+            ..StatefulSet::default()
+        };
+        let sts = StatefulSet {
+            metadata: ObjectMeta {
+                uid: Some("s1".into()),
+                ..sts.metadata
+            },
+            ..sts
+        };
+        let queue = WorkQueue::new("test");
+        let router = Router::new(
+            queue.clone(),
+            Lister::from_objects([net, other]),
+            Lister::from_objects([sts]),
+        );
+        (router, queue)
+    }
+
+    fn keys(router: &Router, kind: &str, meta: &ObjectMeta) -> Vec<String> {
+        router
+            .networks_for(kind, meta)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn owned_objects_route_to_their_network() {
+        let (r, _) = router();
+        let owner = owner_reference(&network("net", "u1", None));
+        assert_eq!(
+            keys(&r, "Service", &meta("net-svc", Some(owner.clone()), "1")),
+            ["ns/net"]
+        );
+        assert_eq!(
+            keys(&r, "StatefulSet", &meta("net-sts", Some(owner), "1")),
+            ["ns/net"]
+        );
+    }
+
+    #[test]
+    fn pods_route_through_their_statefulset() {
+        let (r, _) = router();
+        assert_eq!(
+            keys(
+                &r,
+                "Pod",
+                &meta("net-sts-0", Some(sts_owner("net-sts", "s1")), "1")
+            ),
+            ["ns/net"]
+        );
+        // A StatefulSet that is not cached, or a stale uid: nothing.
+        assert!(keys(&r, "Pod", &meta("x-0", Some(sts_owner("x-sts", "s9")), "1")).is_empty());
+        assert!(keys(
+            &r,
+            "Pod",
+            &meta("net-sts-0", Some(sts_owner("net-sts", "old")), "1")
+        )
+        .is_empty());
+        // A pod owned directly by a network is not one of ours.
+        let owner = owner_reference(&network("net", "u1", None));
+        assert!(keys(&r, "Pod", &meta("p", Some(owner), "1")).is_empty());
+    }
+
+    #[test]
+    fn unrelated_and_stale_owners_are_ignored() {
+        let (r, _) = router();
+        assert!(keys(&r, "Service", &meta("plain", None, "1")).is_empty());
+        // Same name, but an older network (different uid).
+        let stale = owner_reference(&network("net", "u0", None));
+        assert!(keys(&r, "Service", &meta("net-svc", Some(stale), "1")).is_empty());
+        // Owner of another kind.
+        assert!(keys(&r, "Service", &meta("s", Some(sts_owner("net", "u1")), "1")).is_empty());
+        // A network that is not cached.
+        let gone = owner_reference(&network("gone", "u3", None));
+        assert!(keys(&r, "Service", &meta("gone-svc", Some(gone), "1")).is_empty());
+    }
+
+    #[test]
+    fn secrets_route_to_owner_and_to_networks_naming_them() {
+        let (r, _) = router();
+        assert_eq!(keys(&r, "Secret", &meta("shared", None, "1")), ["ns/other"]);
+        let owner = owner_reference(&network("net", "u1", None));
+        assert_eq!(
+            keys(&r, "Secret", &meta("net", Some(owner), "1")),
+            ["ns/net"]
+        );
+        assert!(keys(&r, "Secret", &meta("unused", None, "1")).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_of_owned_objects_is_skipped_but_networks_are_not() {
+        let (r, queue) = router();
+        let owner = owner_reference(&network("net", "u1", None));
+        let svc = Arc::new(Service {
+            metadata: meta("net-svc", Some(owner), "5"),
+            ..Service::default()
+        });
+        EventHandler::<Service>::on_update(&r, &svc, &svc);
+        assert_eq!(queue.len(), 0, "a resync of a Service carries no news");
+
+        let changed = Arc::new(Service {
+            metadata: meta(
+                "net-svc",
+                svc.metadata.owner_references.clone().unwrap().pop(),
+                "6",
+            ),
+            ..Service::default()
+        });
+        EventHandler::<Service>::on_update(&r, &svc, &changed);
+        assert_eq!(queue.get().await.unwrap().to_string(), "ns/net");
+        queue.done(&ObjectKey::new("ns", "net"));
+
+        let net = Arc::new(network("other", "u2", None));
+        EventHandler::<BitcoinNetwork>::on_update(&r, &net, &net);
+        assert_eq!(queue.get().await.unwrap().to_string(), "ns/other");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pod_readiness_change_and_delete_enqueue_at_once() {
+        let (r, queue) = router();
+        let pod = |rv: &str| {
+            Arc::new(Pod {
+                metadata: meta("net-sts-1", Some(sts_owner("net-sts", "s1")), rv),
+                ..Pod::default()
+            })
+        };
+        EventHandler::<Pod>::on_update(&r, &pod("1"), &pod("2"));
+        assert_eq!(queue.len(), 1);
+        let key = queue.get().await.unwrap();
+        queue.done(&key);
+        EventHandler::<Pod>::on_delete(&r, &pod("2"));
+        assert_eq!(queue.len(), 1);
+    }
+}

@@ -173,6 +173,18 @@ impl<K> Clone for Lister<K> {
     }
 }
 
+impl<K: Resource> Lister<K> {
+    /// A lister over a fixed set of objects, for tests of code that reads
+    /// caches.
+    pub fn from_objects(objects: impl IntoIterator<Item = K>) -> Self {
+        let store = Store::new();
+        for obj in objects {
+            store.apply(Arc::new(obj));
+        }
+        store.lister()
+    }
+}
+
 impl<K> Lister<K> {
     /// The cached object `namespace/name` (namespace `""` for
     /// cluster-scoped objects).
