@@ -274,7 +274,7 @@ async fn ensure_config(
         resources::config_secret(net, &conf),
         |have: &Secret, want: &Secret| {
             secret_value(have, CONFIG_KEY) != secret_value(want, CONFIG_KEY)
-                || have.metadata.labels != want.metadata.labels
+                || resources::labels_drifted(&have.metadata, &want.metadata)
         },
     )
     .await?;

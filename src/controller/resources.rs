@@ -153,6 +153,17 @@ pub fn service(net: &BitcoinNetwork) -> Service {
     }
 }
 
+/// Some label the controller sets is missing or has another value (labels
+/// others add are theirs to keep).
+pub fn labels_drifted(existing: &ObjectMeta, wanted: &ObjectMeta) -> bool {
+    let have = existing.labels.as_ref();
+    wanted
+        .labels
+        .iter()
+        .flatten()
+        .any(|(k, v)| have.and_then(|h| h.get(k)) != Some(v))
+}
+
 /// Fields of the Service the controller owns differ from the wanted ones.
 pub fn service_drifted(existing: &Service, wanted: &Service) -> bool {
     let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else {
@@ -168,7 +179,7 @@ pub fn service_drifted(existing: &Service, wanted: &Service) -> bool {
     have.selector != want.selector
         || ports(have) != ports(want)
         || have.publish_not_ready_addresses != want.publish_not_ready_addresses
-        || existing.metadata.labels != wanted.metadata.labels
+        || labels_drifted(&existing.metadata, &wanted.metadata)
 }
 
 /// The Secret holding the rendered bitcoin.conf (with an `rpcauth=` line, never
@@ -365,7 +376,7 @@ pub fn statefulset_drifted(existing: &StatefulSet, wanted: &StatefulSet) -> bool
     have.replicas != want.replicas
         || annotation(have) != annotation(want)
         || container(have) != container(want)
-        || existing.metadata.labels != wanted.metadata.labels
+        || labels_drifted(&existing.metadata, &wanted.metadata)
 }
 
 #[cfg(test)]
@@ -501,6 +512,14 @@ mod tests {
         spec.template.spec.as_mut().unwrap().containers[0].termination_message_path =
             Some("/dev/termination-log".into());
         assert!(!statefulset_drifted(&defaulted, &wanted));
+
+        // A label someone else added is not drift; a changed one of ours is.
+        let mut labelled = wanted.clone();
+        let labels = |s: &mut StatefulSet| s.metadata.labels.as_mut().unwrap();
+        labels(&mut labelled).insert("team".into(), "a".into());
+        assert!(!statefulset_drifted(&labelled, &wanted));
+        labels(&mut labelled).insert(NETWORK_LABEL.into(), "other".into());
+        assert!(statefulset_drifted(&labelled, &wanted));
 
         let svc = service(&n);
         assert!(!service_drifted(&svc, &svc));
