@@ -515,10 +515,16 @@ mod tests {
 
         // A label someone else added is not drift; a changed one of ours is.
         let mut labelled = wanted.clone();
-        let labels = |s: &mut StatefulSet| s.metadata.labels.as_mut().unwrap();
-        labels(&mut labelled).insert("team".into(), "a".into());
+        let label = |s: &mut StatefulSet, k: &str, v: &str| {
+            s.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert(k.into(), v.into());
+        };
+        label(&mut labelled, "team", "a");
         assert!(!statefulset_drifted(&labelled, &wanted));
-        labels(&mut labelled).insert(NETWORK_LABEL.into(), "other".into());
+        label(&mut labelled, NETWORK_LABEL, "other");
         assert!(statefulset_drifted(&labelled, &wanted));
 
         let svc = service(&n);
