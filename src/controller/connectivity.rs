@@ -13,6 +13,17 @@ use futures::stream::{self, StreamExt};
 use crate::bitcoin::{AddedNodeInfo, RpcClient, RpcConfig, RpcError, P2P_PORT, RPC_PORT};
 use crate::controller::status::NodeReport;
 
+/// Bitcoin Core opens outbound connections to at most this many added nodes
+/// at once (`MAX_ADDNODE_CONNECTIONS`); the rest stay added and are used when
+/// a connection drops.
+pub const MAX_ADDNODE_CONNECTIONS: usize = 8;
+
+/// Whether a node reporting `connected` added peers in a network of `ready`
+/// ready nodes is as connected as Bitcoin Core will make it.
+pub fn fully_connected(connected: u32, ready: usize) -> bool {
+    connected as usize >= ready.saturating_sub(1).min(MAX_ADDNODE_CONNECTIONS)
+}
+
 /// How many nodes of one network are synced at the same time.
 const CONCURRENCY: usize = 8;
 
@@ -233,6 +244,15 @@ mod tests {
             );
             assert_eq!(d.is_empty(), add.is_empty() && remove.is_empty());
         }
+    }
+
+    #[test]
+    fn full_connectivity_respects_cores_addnode_limit() {
+        assert!(fully_connected(0, 1));
+        assert!(fully_connected(2, 3));
+        assert!(!fully_connected(1, 3));
+        assert!(fully_connected(8, 20));
+        assert!(!fully_connected(7, 20));
     }
 
     #[test]

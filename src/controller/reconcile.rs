@@ -144,7 +144,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
             Ok(report) => {
                 mesh_complete &= outcome.added.is_empty()
                     && outcome.removed.is_empty()
-                    && report.connected_peers as usize + 1 == ready.len();
+                    && connectivity::fully_connected(report.connected_peers, ready.len());
                 reports.insert(outcome.pod_name, report);
             }
             Err(err) => {
