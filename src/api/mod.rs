@@ -8,7 +8,7 @@ mod crd;
 
 pub use crd::crd;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -133,7 +133,17 @@ pub struct BitcoinNetworkStatus {
     /// The metadata.generation this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// `Ready` (every node ready and connected), `Progressing` (nodes are
+    /// starting, stopping or connecting) and `Degraded` (something needs the
+    /// user: a missing Secret, a name conflict, nodes that do not answer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
+
+/// Condition types of a network.
+pub const CONDITION_READY: &str = "Ready";
+pub const CONDITION_PROGRESSING: &str = "Progressing";
+pub const CONDITION_DEGRADED: &str = "Degraded";
 
 /// One bitcoind node of a network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -195,6 +205,7 @@ mod tests {
             }],
             ready_nodes: 1,
             observed_generation: Some(2),
+            conditions: vec![],
         };
         let v = serde_json::to_value(&status).unwrap();
         let node = &v["nodes"][0];

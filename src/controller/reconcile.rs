@@ -5,11 +5,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube_client::api::{Patch, PatchParams, PostParams};
 use kube_client::{Api, Resource};
 use serde::Serialize;
 use serde_json::json;
+use std::sync::Arc;
 
 use crate::api::BitcoinNetwork;
 use crate::bitcoin::{
@@ -19,7 +22,7 @@ use crate::controller::connectivity::{self, Endpoint};
 use crate::controller::resources::{
     self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY,
 };
-use crate::controller::status;
+use crate::controller::status::{self, NodeReport, Problem};
 use crate::controller::{Context, EventType};
 use crate::informer::ObjectKey;
 
@@ -39,14 +42,9 @@ pub enum Action {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube_client::Error),
-    #[error("{kind} {name} already exists and is not controlled by this network")]
-    Conflict { kind: &'static str, name: String },
-    #[error("{failed} of {total} nodes could not be synced; first error: {first}")]
-    Nodes {
-        failed: usize,
-        total: usize,
-        first: String,
-    },
+    /// Something the user has to fix; also in the status and an Event.
+    #[error("{}: {}", .0.reason, .0.message)]
+    Blocked(Problem),
 }
 
 /// RPC credentials of a network (never logged: no Debug).
@@ -71,32 +69,6 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         net.metadata.resource_version.as_deref().unwrap_or_default()
     );
 
-    let Some(creds) = credentials(ctx, &net).await? else {
-        // Reported as an Event; the Secret's own events bring the network back.
-        return Ok(Action::Done);
-    };
-    let config_hash = ensure_config(ctx, &net, &creds).await?;
-    ensure(
-        ctx,
-        &net,
-        "Service",
-        ctx.services
-            .get(&key.namespace, &resources::service_name(&net)),
-        resources::service(&net),
-        resources::service_drifted,
-    )
-    .await?;
-    ensure(
-        ctx,
-        &net,
-        "StatefulSet",
-        ctx.statefulsets
-            .get(&key.namespace, &resources::statefulset_name(&net)),
-        resources::statefulset(&net, &config_hash),
-        resources::statefulset_drifted,
-    )
-    .await?;
-
     let pods: Vec<_> = ctx
         .pods
         .list_namespaced(&key.namespace)
@@ -110,53 +82,24 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
                 == Some(net.name())
         })
         .collect();
-    let ready: Vec<Endpoint> = status::nodes(&net, pods.iter().map(AsRef::as_ref), &HashMap::new())
-        .into_iter()
-        .filter(|n| n.ready)
-        .map(|n| Endpoint {
-            pod_name: n.pod_name,
-            ip: n.ip,
-        })
-        .collect();
+    let (mesh, problem) = match converge(ctx, &net, &pods).await {
+        Ok(mesh) => {
+            let problem = mesh.problem();
+            (mesh, problem)
+        }
+        Err(Error::Blocked(problem)) => (Mesh::default(), Some(problem)),
+        Err(err) => return Err(err),
+    };
 
-    let outcomes = connectivity::sync(&ctx.rpc, &creds.user, &creds.password, &ready).await;
-    let mut reports = HashMap::new();
-    let mut failures = Vec::new();
-    let mut mesh_complete = true;
-    for outcome in outcomes {
-        for addr in &outcome.added {
-            ctx.recorder.publish(
-                &net,
-                EventType::Normal,
-                "NodeAdded",
-                format!("{}: added peer {addr}", outcome.pod_name),
-            );
-        }
-        for addr in &outcome.removed {
-            ctx.recorder.publish(
-                &net,
-                EventType::Normal,
-                "NodeRemoved",
-                format!("{}: removed peer {addr}", outcome.pod_name),
-            );
-        }
-        match outcome.result {
-            Ok(report) => {
-                mesh_complete &= outcome.added.is_empty()
-                    && outcome.removed.is_empty()
-                    && connectivity::fully_connected(report.connected_peers, ready.len());
-                reports.insert(outcome.pod_name, report);
-            }
-            Err(err) => {
-                log::warn!("{key}: node {} did not sync: {err}", outcome.pod_name);
-                failures.push(format!("{}: {err}", outcome.pod_name));
-            }
-        }
-    }
-
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let nodes = status::nodes(&net, pods.iter().map(AsRef::as_ref), &mesh.reports);
     let status = status::compute(
         &net,
-        status::nodes(&net, pods.iter().map(AsRef::as_ref), &reports),
+        nodes,
+        mesh.complete,
+        problem.as_ref(),
+        net.status.as_ref(),
+        &now,
     );
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -173,25 +116,135 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         );
     }
 
-    if let Some(first) = failures.first() {
-        ctx.recorder
-            .publish(&net, EventType::Warning, "NodeSyncFailed", first.clone());
-        return Err(Error::Nodes {
-            failed: failures.len(),
-            total: ready.len(),
-            first: first.clone(),
-        });
+    match problem {
+        None if mesh.complete => Ok(Action::Done),
+        None => Ok(Action::RequeueAfter(MESH_POLL)),
+        Some(problem) => {
+            log::warn!("{key}: {}: {}", problem.reason, problem.message);
+            ctx.recorder.publish(
+                &net,
+                EventType::Warning,
+                problem.reason,
+                problem.message.clone(),
+            );
+            // A Secret that appears or changes brings the network back
+            // through its own events; everything else is retried with backoff.
+            if matches!(problem.reason, SECRET_NOT_FOUND | SECRET_INVALID) {
+                Ok(Action::Done)
+            } else {
+                Err(Error::Blocked(problem))
+            }
+        }
     }
-    Ok(if mesh_complete {
-        Action::Done
-    } else {
-        Action::RequeueAfter(MESH_POLL)
-    })
+}
+
+const SECRET_NOT_FOUND: &str = "SecretNotFound";
+const SECRET_INVALID: &str = "SecretInvalid";
+
+/// What the mesh sync found.
+#[derive(Default)]
+struct Mesh {
+    reports: HashMap<String, NodeReport>,
+    /// Every ready node has all others added and is fully connected.
+    complete: bool,
+    /// Nodes that did not sync, with the error.
+    failures: Vec<String>,
+    ready: usize,
+}
+
+impl Mesh {
+    fn problem(&self) -> Option<Problem> {
+        let first = self.failures.first()?;
+        Some(Problem {
+            reason: "NodeSyncFailed",
+            message: format!(
+                "{} of {} ready nodes did not answer RPC; first: {first}",
+                self.failures.len(),
+                self.ready
+            ),
+        })
+    }
+}
+
+/// Makes the owned objects match the network and syncs the mesh.
+async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<Mesh, Error> {
+    let ns = net.namespace();
+    let creds = credentials(ctx, net).await?;
+    let config_hash = ensure_config(ctx, net, &creds).await?;
+    ensure(
+        ctx,
+        net,
+        "Service",
+        ctx.services.get(ns, &resources::service_name(net)),
+        resources::service(net),
+        resources::service_drifted,
+    )
+    .await?;
+    ensure(
+        ctx,
+        net,
+        "StatefulSet",
+        ctx.statefulsets.get(ns, &resources::statefulset_name(net)),
+        resources::statefulset(net, &config_hash),
+        resources::statefulset_drifted,
+    )
+    .await?;
+
+    let ready: Vec<Endpoint> = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new())
+        .into_iter()
+        .filter(|n| n.ready)
+        .map(|n| Endpoint {
+            pod_name: n.pod_name,
+            ip: n.ip,
+        })
+        .collect();
+    let mut mesh = Mesh {
+        complete: true,
+        ready: ready.len(),
+        ..Mesh::default()
+    };
+    for outcome in connectivity::sync(&ctx.rpc, &creds.user, &creds.password, &ready).await {
+        for addr in &outcome.added {
+            ctx.recorder.publish(
+                net,
+                EventType::Normal,
+                "NodeAdded",
+                format!("{}: added peer {addr}", outcome.pod_name),
+            );
+        }
+        for addr in &outcome.removed {
+            ctx.recorder.publish(
+                net,
+                EventType::Normal,
+                "NodeRemoved",
+                format!("{}: removed peer {addr}", outcome.pod_name),
+            );
+        }
+        match outcome.result {
+            Ok(report) => {
+                mesh.complete &= outcome.added.is_empty()
+                    && outcome.removed.is_empty()
+                    && connectivity::fully_connected(report.connected_peers, ready.len());
+                mesh.reports.insert(outcome.pod_name, report);
+            }
+            Err(err) => {
+                log::warn!(
+                    "{}/{}: node {} did not sync: {err}",
+                    ns,
+                    net.name(),
+                    outcome.pod_name
+                );
+                mesh.complete = false;
+                mesh.failures.push(format!("{}: {err}", outcome.pod_name));
+            }
+        }
+    }
+    Ok(mesh)
 }
 
 /// Reads the network's RPC credentials, creating the generated Secret when
-/// `spec.secret` is empty. `None` when they cannot be had (reported as an Event).
-async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Credentials>, Error> {
+/// `spec.secret` is empty.
+async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Credentials, Error> {
     let ns = net.namespace();
     let name = resources::credentials_secret_name(net);
     let secret = match ctx.secrets.get(ns, &name) {
@@ -213,40 +266,36 @@ async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Option<Crede
                 "SecretCreated",
                 format!("created RPC credentials Secret {name}"),
             );
-            return Ok(Some(Credentials { user, password }));
+            return Ok(Credentials { user, password });
         }
         None => {
-            ctx.recorder.publish(
-                net,
-                EventType::Warning,
-                "SecretNotFound",
-                format!("Secret {name} named in spec.secret does not exist in namespace {ns}"),
-            );
-            return Ok(None);
+            return Err(Error::Blocked(Problem {
+                reason: SECRET_NOT_FOUND,
+                message: format!(
+                    "Secret {name} named in spec.secret does not exist in namespace {ns}"
+                ),
+            }))
         }
     };
     if resources::generates_credentials(net) && !is_controlled_by(&secret.metadata, net) {
-        conflict(ctx, net, "Secret", &name)?;
+        return Err(conflict("Secret", &name));
     }
     match (
         secret_value(&secret, USER_KEY),
         secret_value(&secret, PASSWORD_KEY),
     ) {
         (Some(user), Some(password)) if is_valid_rpc_user(user) && !password.is_empty() => {
-            Ok(Some(Credentials {
+            Ok(Credentials {
                 user: user.to_owned(),
                 password: password.to_owned(),
-            }))
+            })
         }
-        _ => {
-            ctx.recorder.publish(
-                net,
-                EventType::Warning,
-                "SecretInvalid",
-                format!("Secret {name} needs a valid {USER_KEY} (no ':', '#' or whitespace) and a non-empty {PASSWORD_KEY}"),
-            );
-            Ok(None)
-        }
+        _ => Err(Error::Blocked(Problem {
+            reason: SECRET_INVALID,
+            message: format!(
+                "Secret {name} needs a valid {USER_KEY} (no ':', '#' or whitespace) and a non-empty {PASSWORD_KEY}"
+            ),
+        })),
     }
 }
 
@@ -311,9 +360,7 @@ where
     let name = wanted.meta().name.clone().unwrap_or_default();
     let reason = match existing.as_deref() {
         None => "Created",
-        Some(have) if !is_controlled_by(have.meta(), net) => {
-            return conflict(ctx, net, kind, &name)
-        }
+        Some(have) if !is_controlled_by(have.meta(), net) => return Err(conflict(kind, &name)),
         Some(have) if drifted(have, &wanted) => "Updated",
         Some(_) => return Ok(()),
     };
@@ -354,19 +401,13 @@ where
     Ok(())
 }
 
-fn conflict(
-    ctx: &Context,
-    net: &BitcoinNetwork,
-    kind: &'static str,
-    name: &str,
-) -> Result<(), Error> {
-    let err = Error::Conflict {
-        kind,
-        name: name.to_owned(),
-    };
-    ctx.recorder
-        .publish(net, EventType::Warning, "ResourceConflict", err.to_string());
-    Err(err)
+/// An object the network needs exists under that name but belongs to
+/// someone else: left alone and reported.
+fn conflict(kind: &str, name: &str) -> Error {
+    Error::Blocked(Problem {
+        reason: "ResourceConflict",
+        message: format!("{kind} {name} already exists and is not controlled by this network"),
+    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,12 @@ use std::collections::HashMap;
 
 use k8s_openapi::api::core::v1::Pod;
 
-use crate::api::{BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::{
+    BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, CONDITION_DEGRADED,
+    CONDITION_PROGRESSING, CONDITION_READY,
+};
 use crate::controller::resources::{dns_name, statefulset_name};
 
 /// What one node reported during the last mesh sync.
@@ -71,12 +76,96 @@ pub fn nodes<'a>(
     nodes
 }
 
-/// The full status for a network.
-pub fn compute(net: &BitcoinNetwork, nodes: Vec<BitcoinNetworkNode>) -> BitcoinNetworkStatus {
+/// Something that keeps a network from its desired state and needs the
+/// user's attention (a missing Secret, a name conflict, unreachable nodes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// CamelCase reason, also used for the Warning Event.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The full status for a network. `mesh_complete`: every ready node has all
+/// the others added and is as connected as Bitcoin Core will make it.
+/// Conditions keep their `lastTransitionTime` from `previous` while their
+/// status does not change.
+pub fn compute(
+    net: &BitcoinNetwork,
+    nodes: Vec<BitcoinNetworkNode>,
+    mesh_complete: bool,
+    problem: Option<&Problem>,
+    previous: Option<&BitcoinNetworkStatus>,
+    now: &Time,
+) -> BitcoinNetworkStatus {
+    let desired = net.spec.nodes;
+    let ready = nodes.iter().filter(|n| n.ready).count() as i32;
+    let total = nodes.len() as i32;
+    let all_ready = ready == desired && total == desired;
+    let is_ready = problem.is_none() && all_ready && mesh_complete;
+
+    let (ready_reason, ready_message) = match problem {
+        Some(p) => (p.reason, p.message.clone()),
+        None if total != desired => ("Scaling", format!("{total} of {desired} nodes exist")),
+        None if !all_ready => (
+            "NodesNotReady",
+            format!("{ready} of {desired} nodes are ready"),
+        ),
+        None if !mesh_complete => (
+            "Connecting",
+            "nodes are still being connected to each other".to_owned(),
+        ),
+        None => (
+            "NetworkReady",
+            format!("all {desired} nodes are ready and connected"),
+        ),
+    };
+    let (progressing_reason, progressing_message) = match problem {
+        Some(p) => (
+            p.reason,
+            "waiting for the problem in the Degraded condition to be fixed".to_owned(),
+        ),
+        None if is_ready => ("Stable", "the network is in its desired state".to_owned()),
+        None => (ready_reason, ready_message.clone()),
+    };
+    let (degraded_reason, degraded_message) = match problem {
+        Some(p) => (p.reason, p.message.clone()),
+        None => ("AsExpected", "no problem found".to_owned()),
+    };
+
+    let condition = |type_: &str, status: bool, reason: &str, message: String| {
+        let status = if status { "True" } else { "False" }.to_owned();
+        let last_transition_time = previous
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+            .filter(|c| c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            observed_generation: net.metadata.generation,
+            last_transition_time,
+        }
+    };
     BitcoinNetworkStatus {
-        ready_nodes: nodes.iter().filter(|n| n.ready).count() as i32,
+        ready_nodes: ready,
         nodes,
         observed_generation: net.metadata.generation,
+        conditions: vec![
+            condition(CONDITION_READY, is_ready, ready_reason, ready_message),
+            condition(
+                CONDITION_PROGRESSING,
+                problem.is_none() && !is_ready,
+                progressing_reason,
+                progressing_message,
+            ),
+            condition(
+                CONDITION_DEGRADED,
+                problem.is_some(),
+                degraded_reason,
+                degraded_message,
+            ),
+        ],
     }
 }
 
@@ -157,7 +246,7 @@ mod tests {
                 blocks: 101,
             },
         )]);
-        let status = compute(&n, nodes(&n, &pods, &reports));
+        let status = compute(&n, nodes(&n, &pods, &reports), true, None, None, &now());
         assert_eq!(status.ready_nodes, 2);
         assert_eq!(status.observed_generation, Some(4));
         let got: Vec<_> = status
@@ -186,8 +275,186 @@ mod tests {
     #[test]
     fn empty_network_has_empty_status() {
         let n = net();
-        let status = compute(&n, nodes(&n, &[], &HashMap::new()));
+        let mut n = n;
+        n.spec.nodes = 0;
+        let status = compute(
+            &n,
+            nodes(&n, &[], &HashMap::new()),
+            true,
+            None,
+            None,
+            &now(),
+        );
         assert!(status.nodes.is_empty());
         assert_eq!(status.ready_nodes, 0);
+        assert_eq!(cond(&status, "Ready"), ("True", "NetworkReady"));
+    }
+
+    fn now() -> Time {
+        Time("2026-01-01T00:00:00Z".parse().unwrap())
+    }
+
+    fn later() -> Time {
+        Time("2026-01-01T00:01:00Z".parse().unwrap())
+    }
+
+    fn cond<'a>(s: &'a BitcoinNetworkStatus, t: &str) -> (&'a str, &'a str) {
+        let c = s.conditions.iter().find(|c| c.type_ == t).unwrap();
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn conditions_table() {
+        let n = net(); // 3 nodes desired
+        let ready3 = [
+            pod("net-sts-0", Some("127.0.0.2"), true),
+            pod("net-sts-1", Some("127.0.0.3"), true),
+            pod("net-sts-2", Some("127.0.0.4"), true),
+        ];
+        let problem = Problem {
+            reason: "SecretNotFound",
+            message: "Secret s not found".into(),
+        };
+        let no_reports = HashMap::new();
+        // (pods, mesh complete, problem) -> (Ready, Progressing, Degraded)
+        type Case<'a> = (
+            &'a [Pod],
+            bool,
+            Option<&'a Problem>,
+            [(&'a str, &'a str); 3],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                &ready3,
+                true,
+                None,
+                [
+                    ("True", "NetworkReady"),
+                    ("False", "Stable"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3,
+                false,
+                None,
+                [
+                    ("False", "Connecting"),
+                    ("True", "Connecting"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3[..2],
+                true,
+                None,
+                [
+                    ("False", "Scaling"),
+                    ("True", "Scaling"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &[],
+                true,
+                Some(&problem),
+                [
+                    ("False", "SecretNotFound"),
+                    ("False", "SecretNotFound"),
+                    ("True", "SecretNotFound"),
+                ],
+            ),
+        ];
+        for (pods, mesh, problem, want) in cases {
+            let s = compute(
+                &n,
+                nodes(&n, pods, &no_reports),
+                mesh,
+                problem,
+                None,
+                &now(),
+            );
+            let got = [
+                cond(&s, "Ready"),
+                cond(&s, "Progressing"),
+                cond(&s, "Degraded"),
+            ];
+            assert_eq!(
+                got,
+                want,
+                "pods {} mesh {mesh} problem {problem:?}",
+                pods.len()
+            );
+            assert!(s
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(4)));
+        }
+        let mut not_ready = ready3.clone();
+        not_ready[2] = pod("net-sts-2", None, false);
+        let s = compute(
+            &n,
+            nodes(&n, &not_ready, &no_reports),
+            true,
+            None,
+            None,
+            &now(),
+        );
+        assert_eq!(cond(&s, "Ready"), ("False", "NodesNotReady"));
+        let degraded = compute(&n, vec![], true, Some(&problem), None, &now());
+        let c = degraded
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "Degraded")
+            .unwrap();
+        assert_eq!(c.message, "Secret s not found");
+    }
+
+    #[test]
+    fn transition_time_changes_only_with_the_status() {
+        let n = net();
+        let pods = [
+            pod("net-sts-0", Some("127.0.0.2"), true),
+            pod("net-sts-1", Some("127.0.0.3"), true),
+            pod("net-sts-2", Some("127.0.0.4"), true),
+        ];
+        let first = compute(
+            &n,
+            nodes(&n, &pods, &HashMap::new()),
+            false,
+            None,
+            None,
+            &now(),
+        );
+        // Same condition statuses a minute later: times are kept, so the
+        // status is equal and not written again.
+        let again = compute(
+            &n,
+            nodes(&n, &pods, &HashMap::new()),
+            false,
+            None,
+            Some(&first),
+            &later(),
+        );
+        assert_eq!(first, again);
+        // Ready flips: its time moves, Degraded's stays.
+        let ready = compute(
+            &n,
+            nodes(&n, &pods, &HashMap::new()),
+            true,
+            None,
+            Some(&first),
+            &later(),
+        );
+        let time = |s: &BitcoinNetworkStatus, t: &str| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == t)
+                .unwrap()
+                .last_transition_time
+                .clone()
+        };
+        assert_eq!(time(&ready, "Ready"), later());
+        assert_eq!(time(&ready, "Degraded"), now());
     }
 }
