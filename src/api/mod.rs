@@ -165,10 +165,10 @@ pub struct BitcoinNetworkNode {
     /// Number of other nodes of the network this node is connected to, as its
     /// `getaddednodeinfo` last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connected_peers: Option<u32>,
+    pub connected_peers: Option<i32>,
     /// Block height the node last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub blocks: Option<u64>,
+    pub blocks: Option<i64>,
 }
 
 #[cfg(test)]

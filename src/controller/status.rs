@@ -67,8 +67,9 @@ pub fn nodes<'a>(
                 node_name: name.to_owned(),
                 pod_name: name.to_owned(),
                 dns_name: dns_name(net, name),
-                connected_peers: report.map(|r| r.connected_peers),
-                blocks: report.map(|r| r.blocks),
+                connected_peers: report
+                    .map(|r| i32::try_from(r.connected_peers).unwrap_or(i32::MAX)),
+                blocks: report.map(|r| i64::try_from(r.blocks).unwrap_or(i64::MAX)),
             })
         })
         .collect();
