@@ -52,6 +52,17 @@ async fn client_for(path: PathBuf) -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// `args` plus the harness's defaults for flags `args` does not set.
+fn with_defaults<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    for (flag, value) in [("--resync-period", "30s"), ("--rpc-timeout", "2s")] {
+        if !args.contains(&flag) {
+            all.extend([flag, value]);
+        }
+    }
+    all
+}
+
 /// The controller binary running under the ServiceAccount kubeconfig; killed
 /// on drop. Its log goes to `target/e2e-logs/<name>.log`.
 pub struct ControllerProcess {
@@ -68,8 +79,7 @@ impl ControllerProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_bitcoin-controller"))
             .arg("--kubeconfig")
             .arg(controller_kubeconfig())
-            .args(["--resync-period", "30s", "--rpc-timeout", "2s"])
-            .args(extra_args)
+            .args(with_defaults(extra_args))
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "debug".into()),
@@ -81,6 +91,14 @@ impl ControllerProcess {
             .expect("start the controller binary");
         println!("controller log: {}", log.display());
         ControllerProcess { child, log }
+    }
+}
+
+impl ControllerProcess {
+    /// Sends SIGKILL (a crash, no graceful shutdown) and reaps the process.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -235,5 +253,109 @@ impl Nodes {
         ips.sort();
         ips.dedup();
         Ok(ips)
+    }
+}
+
+/// The network's status once `accept` holds for it.
+pub async fn wait_for_status<F>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    accept: F,
+) -> (bitcoin_controller::api::BitcoinNetworkStatus, Duration)
+where
+    F: Fn(&bitcoin_controller::api::BitcoinNetworkStatus) -> bool,
+{
+    let api: Api<BitcoinNetwork> = Api::namespaced(client.clone(), ns);
+    let accept = &accept;
+    let api = &api;
+    wait_for(what, CONVERGE, || async move {
+        let net = api.get(name).await.map_err(|e| e.to_string())?;
+        match net.status {
+            Some(s) if accept(&s) => Ok(s),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await
+}
+
+/// Status with `n` nodes, all ready.
+pub fn all_ready(n: usize) -> impl Fn(&bitcoin_controller::api::BitcoinNetworkStatus) -> bool {
+    move |s| s.nodes.len() == n && s.ready_nodes as usize == n && s.nodes.iter().all(|x| x.ready)
+}
+
+/// Ready node IPs of a status, by ordinal.
+pub fn ips(status: &bitcoin_controller::api::BitcoinNetworkStatus) -> Vec<String> {
+    status
+        .nodes
+        .iter()
+        .filter(|n| n.ready)
+        .map(|n| n.ip.clone())
+        .collect()
+}
+
+/// How long to wait for anything to converge.
+pub const CONVERGE: Duration = Duration::from_secs(120);
+
+impl Nodes {
+    /// Waits until every node in `ips` has exactly the others added and is
+    /// connected to them; returns how long it took.
+    pub async fn wait_for_mesh(&self, ips: &[String]) -> Duration {
+        let (_, took) = wait_for("full mesh", CONVERGE, || async {
+            let mut wrong = Vec::new();
+            for ip in ips {
+                let mut want: Vec<String> = ips.iter().filter(|o| *o != ip).cloned().collect();
+                want.sort();
+                let want_added: Vec<String> = want.iter().map(|o| format!("{o}:18444")).collect();
+                let added = self.added_nodes(ip).await?;
+                let mut peers = self.peer_ips(ip).await?;
+                peers.retain(|p| p != ip);
+                if added != want_added || peers != want {
+                    wrong.push(format!("{ip}: added {added:?} peers {peers:?}"));
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("; "))
+            }
+        })
+        .await;
+        took
+    }
+
+    /// Waits until every node in `ips` has `tip` as its best block.
+    pub async fn wait_for_tip(&self, ips: &[String], tip: &Value) -> Duration {
+        let (_, took) = wait_for("every node at the same tip", CONVERGE, || async {
+            let mut behind = Vec::new();
+            for ip in ips {
+                let best = self.call(ip, "getbestblockhash", vec![]).await?;
+                if &best != tip {
+                    behind.push(format!("{ip}: {best}"));
+                }
+            }
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind.join(", "))
+            }
+        })
+        .await;
+        took
+    }
+
+    /// Mines `n` blocks on the node at `ip`; returns the new tip.
+    pub async fn mine(&self, ip: &str, n: u32) -> Value {
+        self.call(
+            ip,
+            "generatetoaddress",
+            vec![n.into(), MINING_ADDRESS.into()],
+        )
+        .await
+        .expect("mine blocks");
+        self.call(ip, "getbestblockhash", vec![])
+            .await
+            .expect("tip")
     }
 }

@@ -18,8 +18,6 @@ use k8s_openapi::api::core::v1::Service;
 use kube_client::Api;
 use serde_json::json;
 
-const CONVERGE: Duration = Duration::from_secs(120);
-
 /// Scenarios 1 and 2 of the blog series: a 3-node network comes up fully
 /// meshed with its status filled in, and 101 blocks mined on node 0 reach
 /// every node.
@@ -196,4 +194,495 @@ async fn service_account_has_least_privilege() {
             .map(drop),
         "delete a network",
     );
+}
+
+/// Scenario 3: deleting pod 0 brings a replacement with a new address that is
+/// added both ways and syncs to the tip; the old address is gone everywhere.
+#[tokio::test]
+async fn pod_loss_is_repaired() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube_client::api::DeleteParams;
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("pod-loss", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-podloss").await;
+    create_network(&admin, &ns.name, "net", 3).await;
+    let (status, _) = wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+    let before = ips(&status);
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    nodes.wait_for_mesh(&before).await;
+    let tip = nodes.mine(&before[1], 20).await;
+    nodes.wait_for_tip(&before, &tip).await;
+
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    pods.delete("net-sts-0", &DeleteParams::default())
+        .await
+        .expect("delete pod 0");
+    let old_ip = before[0].clone();
+    let (status, took) = wait_for_status(
+        &admin,
+        &ns.name,
+        "net",
+        "pod 0 replaced with a new address",
+        |s| all_ready(3)(s) && s.nodes[0].ip != old_ip,
+    )
+    .await;
+    report("pod-loss", "replacement ready in status", took);
+    let after = ips(&status);
+    let took = nodes.wait_for_mesh(&after).await;
+    report(
+        "pod-loss",
+        "replacement meshed both ways, old address removed",
+        took,
+    );
+    let took = nodes.wait_for_tip(&after, &tip).await;
+    report("pod-loss", "replacement synced to the tip", took);
+    for ip in &after {
+        let added = nodes.added_nodes(ip).await.unwrap();
+        assert!(
+            !added.iter().any(|a| a.starts_with(&format!("{old_ip}:"))),
+            "{ip} still has {old_ip}: {added:?}"
+        );
+    }
+    ns.delete().await;
+}
+
+/// Scenario 4: scaling the network up to 4 and down to 2.
+#[tokio::test]
+async fn scale_up_and_down() {
+    use kube_client::api::{Patch, PatchParams};
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("scale", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-scale").await;
+    create_network(&admin, &ns.name, "net", 3).await;
+    let (status, _) = wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    nodes.wait_for_mesh(&ips(&status)).await;
+    let tip = nodes.mine(&ips(&status)[0], 15).await;
+
+    let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+    let scale = |n: i32| {
+        let nets = nets.clone();
+        async move {
+            nets.patch(
+                "net",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"nodes": n}})),
+            )
+            .await
+            .expect("scale network");
+        }
+    };
+    scale(4).await;
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "4 ready nodes", all_ready(4)).await;
+    report("scale", "up to 4: ready in status", took);
+    let four = ips(&status);
+    let took = nodes.wait_for_mesh(&four).await;
+    report("scale", "up to 4: meshed", took);
+    let took = nodes.wait_for_tip(&four, &tip).await;
+    report("scale", "up to 4: new node synced", took);
+
+    scale(2).await;
+    let (status, took) = wait_for_status(&admin, &ns.name, "net", "2 nodes", all_ready(2)).await;
+    report("scale", "down to 2: status", took);
+    let two = ips(&status);
+    assert_eq!(two, four[..2].to_vec());
+    let took = nodes.wait_for_mesh(&two).await;
+    report(
+        "scale",
+        "down to 2: removed nodes gone from the added lists",
+        took,
+    );
+    ns.delete().await;
+}
+
+/// Scenario 5: a StatefulSet scaled by hand is put back at once (the
+/// controller runs with a 10 minute resync, so only events can do it).
+#[tokio::test]
+async fn drift_is_put_back_without_resync() {
+    use kube_client::api::{Patch, PatchParams};
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("drift", &["--resync-period", "10m"]);
+    let ns = TestNamespace::create(&admin, "e2e-drift").await;
+    create_network(&admin, &ns.name, "net", 3).await;
+    wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+
+    let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), &ns.name);
+    sts.patch(
+        "net-sts",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .expect("scale by hand");
+    let (_, took) = wait_for("replicas back to 3", CONVERGE, || async {
+        let s = sts.get("net-sts").await.map_err(|e| e.to_string())?;
+        match s.spec.and_then(|s| s.replicas) {
+            Some(3) => Ok(()),
+            other => Err(format!("replicas {other:?}")),
+        }
+    })
+    .await;
+    // CONVERGE (2 min) is far below the 10 min resync: only the
+    // StatefulSet's update event can have done this.
+    report("drift", "hand-scaled StatefulSet put back", took);
+    let (_, took) =
+        wait_for_status(&admin, &ns.name, "net", "3 ready nodes again", all_ready(3)).await;
+    report("drift", "network back to 3 ready nodes", took);
+    ns.delete().await;
+}
+
+/// Scenario 6: deleting the network removes everything it owns through the
+/// garbage collector, for foreground and background propagation.
+#[tokio::test]
+async fn delete_cascades() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    use kube_client::api::{DeleteParams, ListParams};
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("delete", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-delete").await;
+    for (name, params) in [
+        ("fg", DeleteParams::foreground()),
+        ("bg", DeleteParams::background()),
+    ] {
+        create_network(&admin, &ns.name, name, 2).await;
+        wait_for_status(&admin, &ns.name, name, "2 ready nodes", all_ready(2)).await;
+        let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+        nets.delete(name, &params).await.expect("delete network");
+        let selector = format!("bitcoincontroller.christianb93.github.com/network={name}");
+        let lp = ListParams::default().labels(&selector);
+        let (_, took) = wait_for("every owned object gone", CONVERGE, || async {
+            let count = |n: usize, what: &str| {
+                if n == 0 {
+                    String::new()
+                } else {
+                    format!("{n} {what} ")
+                }
+            };
+            let left = [
+                count(
+                    Api::<StatefulSet>::namespaced(admin.clone(), &ns.name)
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len(),
+                    "statefulsets",
+                ),
+                count(
+                    Api::<Service>::namespaced(admin.clone(), &ns.name)
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len(),
+                    "services",
+                ),
+                count(
+                    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len(),
+                    "secrets",
+                ),
+                count(
+                    Api::<Pod>::namespaced(admin.clone(), &ns.name)
+                        .list(&lp)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items
+                        .len(),
+                    "pods",
+                ),
+                count(
+                    usize::from(
+                        nets.get_opt(name)
+                            .await
+                            .map_err(|e| e.to_string())?
+                            .is_some(),
+                    ),
+                    "networks",
+                ),
+            ]
+            .concat();
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(left)
+            }
+        })
+        .await;
+        report("delete", &format!("{name}: everything owned is gone"), took);
+    }
+    ns.delete().await;
+}
+
+/// Scenario 7: the controller killed in the middle of a scale converges after
+/// a restart, with no duplicates and no stale added nodes.
+#[tokio::test]
+async fn restart_mid_scale_converges() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube_client::api::{ListParams, Patch, PatchParams};
+
+    let admin = admin_client().await;
+    let controller = ControllerProcess::start("restart-1", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-restart").await;
+    create_network(&admin, &ns.name, "net", 3).await;
+    let (status, _) = wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    nodes.wait_for_mesh(&ips(&status)).await;
+
+    let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+    nets.patch(
+        "net",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodes": 5}})),
+    )
+    .await
+    .expect("scale up");
+    // Let the scale start, then crash the controller.
+    let sts: Api<StatefulSet> = Api::namespaced(admin.clone(), &ns.name);
+    wait_for("StatefulSet scaled to 5", CONVERGE, || async {
+        let s = sts.get("net-sts").await.map_err(|e| e.to_string())?;
+        if s.spec.and_then(|s| s.replicas) == Some(5) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    })
+    .await;
+    controller.kill();
+    // While it is down, scale down again: the restarted controller must both
+    // finish and undo work it never saw.
+    nets.patch(
+        "net",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodes": 4}})),
+    )
+    .await
+    .expect("scale down while the controller is down");
+
+    let _controller = ControllerProcess::start("restart-2", &[]);
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "4 ready nodes", all_ready(4)).await;
+    report("restart", "4 nodes ready after the restart", took);
+    let took = nodes.wait_for_mesh(&ips(&status)).await;
+    report("restart", "mesh of 4, no stale added nodes", took);
+    let selector = "bitcoincontroller.christianb93.github.com/network=net";
+    let lp = ListParams::default().labels(selector);
+    assert_eq!(sts.list(&lp).await.unwrap().items.len(), 1);
+    assert_eq!(
+        Api::<Service>::namespaced(admin.clone(), &ns.name)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // The credentials and the rendered configuration, once each.
+    assert_eq!(
+        Api::<Secret>::namespaced(admin.clone(), &ns.name)
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    ns.delete().await;
+}
+
+/// Scenario 8: two networks of the same name in two namespaces form two
+/// separate meshes.
+#[tokio::test]
+async fn networks_are_isolated() {
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("isolation", &[]);
+    let a = TestNamespace::create(&admin, "e2e-iso-a").await;
+    let b = TestNamespace::create(&admin, "e2e-iso-b").await;
+    create_network(&admin, &a.name, "net", 3).await;
+    create_network(&admin, &b.name, "net", 3).await;
+    let (sa, _) = wait_for_status(&admin, &a.name, "net", "a: 3 ready", all_ready(3)).await;
+    let (sb, _) = wait_for_status(&admin, &b.name, "net", "b: 3 ready", all_ready(3)).await;
+    let (ia, ib) = (ips(&sa), ips(&sb));
+    let na = Nodes::for_network(&admin, &a.name, "net").await;
+    let nb = Nodes::for_network(&admin, &b.name, "net").await;
+    report("isolation", "mesh a", na.wait_for_mesh(&ia).await);
+    report("isolation", "mesh b", nb.wait_for_mesh(&ib).await);
+    // Different credentials per network, and no cross-network entries.
+    for ip in &ia {
+        assert!(
+            nb.call(ip, "getblockcount", vec![]).await.is_err(),
+            "b's credentials work on a's node {ip}"
+        );
+        let added = na.added_nodes(ip).await.unwrap();
+        assert!(
+            added
+                .iter()
+                .all(|x| !ib.iter().any(|o| x.starts_with(&format!("{o}:")))),
+            "{ip}: {added:?}"
+        );
+    }
+    for ip in &ib {
+        let added = nb.added_nodes(ip).await.unwrap();
+        assert!(
+            added
+                .iter()
+                .all(|x| !ia.iter().any(|o| x.starts_with(&format!("{o}:")))),
+            "{ip}: {added:?}"
+        );
+    }
+    a.delete().await;
+    b.delete().await;
+}
+
+/// Scenario 9: invalid specs are refused by the API server with a clear
+/// message; valid networks are unaffected.
+#[tokio::test]
+async fn invalid_specs_are_refused() {
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("bad-input", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-bad").await;
+    create_network(&admin, &ns.name, "good", 2).await;
+
+    // POSTed as kubectl does, with strict server-side field validation.
+    let url = format!(
+        "/apis/bitcoincontroller.christianb93.github.com/v1/namespaces/{}/bitcoinnetworks?fieldValidation=Strict",
+        ns.name
+    );
+    let cases = [
+        (
+            "negative",
+            json!({"nodes": -1}),
+            "should be greater than or equal to 0",
+        ),
+        (
+            "too-many",
+            json!({"nodes": 101}),
+            "should be less than or equal to 100",
+        ),
+        (
+            "wrong-type",
+            json!({"nodes": "three"}),
+            "must be of type integer",
+        ),
+        ("missing", json!({}), "spec.nodes: Required value"),
+        (
+            "unknown-field",
+            json!({"nodes": 1, "replicas": 3}),
+            "unknown field \"spec.replicas\"",
+        ),
+    ];
+    for (name, spec, expected) in cases {
+        let body = json!({
+            "apiVersion": "bitcoincontroller.christianb93.github.com/v1",
+            "kind": "BitcoinNetwork",
+            "metadata": {"name": name},
+            "spec": spec,
+        });
+        let request = http::Request::post(&url)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap())
+            .unwrap();
+        match admin.request::<serde_json::Value>(request).await {
+            Err(kube_client::Error::Api(s)) => {
+                println!("{name}: refused with {}: {}", s.code, s.message);
+                assert!(
+                    s.message.contains(expected),
+                    "{name}: message {:?} lacks {expected:?}",
+                    s.message
+                );
+            }
+            other => panic!("{name}: expected the API server to refuse it, got {other:?}"),
+        }
+    }
+
+    let (_, took) = wait_for_status(
+        &admin,
+        &ns.name,
+        "good",
+        "the valid network is ready",
+        all_ready(2),
+    )
+    .await;
+    report("bad-input", "valid network ready beside refused ones", took);
+    ns.delete().await;
+}
+
+/// Scenario 10: a node whose RPC hangs slows only its own network; another
+/// network created at the same time converges as fast as without the fault,
+/// and the hung node's peers stay connected to each other.
+#[tokio::test]
+async fn slow_node_only_slows_its_own_network() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube_client::api::{Patch, PatchParams};
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("slow-node", &["--workers", "2"]);
+    let ns = TestNamespace::create(&admin, "e2e-slow").await;
+
+    // Baseline: how long a 3-node network takes without any fault.
+    create_network(&admin, &ns.name, "baseline", 3).await;
+    let (_, baseline) =
+        wait_for_status(&admin, &ns.name, "baseline", "baseline ready", all_ready(3)).await;
+    report("slow-node", "baseline network ready (no fault)", baseline);
+
+    create_network(&admin, &ns.name, "sick", 3).await;
+    let (status, _) = wait_for_status(&admin, &ns.name, "sick", "sick ready", all_ready(3)).await;
+    let sick_ips = ips(&status);
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    pods.patch(
+        "sick-sts-1",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {"podsim.bitcoin-controller/rpc-hang": "true"}}}),
+        ),
+    )
+    .await
+    .expect("inject the RPC hang");
+    // Make the sick network reconcile while the node hangs.
+    Api::<BitcoinNetwork>::namespaced(admin.clone(), &ns.name)
+        .patch(
+            "sick",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"poke": "1"}}})),
+        )
+        .await
+        .expect("poke");
+    create_network(&admin, &ns.name, "healthy", 3).await;
+    let (_, took) =
+        wait_for_status(&admin, &ns.name, "healthy", "healthy ready", all_ready(3)).await;
+    report(
+        "slow-node",
+        "healthy network ready while another has a hung node",
+        took,
+    );
+    assert!(
+        took < baseline + Duration::from_secs(15),
+        "healthy network took {took:?} against a baseline of {baseline:?}"
+    );
+    // The hung node's peers are still connected to each other.
+    let nodes = Nodes::for_network(&admin, &ns.name, "sick").await;
+    let others = [sick_ips[0].clone(), sick_ips[2].clone()];
+    for (ip, other) in [(&others[0], &others[1]), (&others[1], &others[0])] {
+        let peers = nodes.peer_ips(ip).await.expect("peers of a healthy node");
+        assert!(peers.contains(other), "{ip} lost {other}: {peers:?}");
+    }
+    let (_, took) = wait_for_status(
+        &admin,
+        &ns.name,
+        "sick",
+        "hung node reported not ready",
+        |s| s.nodes.len() == 3 && !s.nodes[1].ready && s.ready_nodes == 2,
+    )
+    .await;
+    report("slow-node", "hung node dropped from the mesh", took);
+    ns.delete().await;
 }
