@@ -66,6 +66,13 @@ fn resource_version(pod: &Pod) -> Option<u64> {
         .and_then(|rv| rv.parse().ok())
 }
 
+async fn node_exit(node: Option<&PodNode>) {
+    match node {
+        Some(node) => node.stopped().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(24 * 3600)
 }
@@ -562,6 +569,13 @@ impl Worker {
                     }
                 }
                 _ = tokio::time::sleep_until(wake) => self.run_due_probes().await,
+                _ = node_exit(self.node.as_ref()) => {
+                    // The "container" exited (RPC `stop`): restart it, as
+                    // kubelet would with restartPolicy Always.
+                    log::warn!("pod {}: node exited; restarting it", self.key);
+                    self.stop_node(Duration::from_secs(10)).await;
+                    self.retry_at = Some(Instant::now() + self.retry.next_delay());
+                }
             }
         }
     }
