@@ -123,8 +123,12 @@ impl IpAllocator {
     ) -> Result<Ipv4Addr, AllocError> {
         if let Some(ip) = preferred {
             let free = self.owner.get(&ip).is_none_or(|owner| owner == uid);
-            if free && self.prefix.index_of(ip).is_some() {
+            if let (true, Some(index)) = (free, self.prefix.index_of(ip)) {
                 self.assign(uid, ip);
+                // keep handing out addresses after the adopted ones
+                if index >= self.next {
+                    self.next = (index + 1) % self.prefix.size();
+                }
                 return Ok(ip);
             }
         }
@@ -336,33 +340,21 @@ mod tests {
     #[test]
     fn reuses_reported_pod_ip_when_free() {
         let mut a = IpAllocator::new(Prefix::parse("127.1").unwrap());
-        assert_eq!(
-            a.allocate("a", Some(ip("127.1.7.9"))).unwrap(),
-            ip("127.1.7.9")
-        );
-        // taken by a: b gets a fresh one
-        assert_eq!(
-            a.allocate("b", Some(ip("127.1.7.9"))).unwrap(),
-            ip("127.1.0.2")
-        );
+        let got = |a: &mut IpAllocator, uid: &str, pref: Option<&str>| {
+            a.allocate(uid, pref.map(ip)).unwrap()
+        };
+        assert_eq!(got(&mut a, "a", Some("127.1.0.9")), ip("127.1.0.9"));
+        // taken by a: b gets a fresh one, after the adopted address
+        assert_eq!(got(&mut a, "b", Some("127.1.0.9")), ip("127.1.0.10"));
         // not ours (wrong prefix, reserved octet): ignored
-        assert_eq!(
-            a.allocate("c", Some(ip("127.0.0.1"))).unwrap(),
-            ip("127.1.0.3")
-        );
-        assert_eq!(
-            a.allocate("d", Some(ip("127.1.3.1"))).unwrap(),
-            ip("127.1.0.4")
-        );
-        // a pod reporting another free address moves there
-        assert_eq!(
-            a.allocate("a", Some(ip("127.1.7.10"))).unwrap(),
-            ip("127.1.7.10")
-        );
-        assert_eq!(
-            a.allocate("e", Some(ip("127.1.7.9"))).unwrap(),
-            ip("127.1.7.9")
-        );
+        assert_eq!(got(&mut a, "c", Some("127.0.0.1")), ip("127.1.0.11"));
+        assert_eq!(got(&mut a, "d", Some("127.1.3.1")), ip("127.1.0.12"));
+        // an adopted address below the cursor does not move it back
+        assert_eq!(got(&mut a, "e", Some("127.1.0.3")), ip("127.1.0.3"));
+        assert_eq!(got(&mut a, "f", None), ip("127.1.0.13"));
+        // a pod reporting another free address moves there; its old one is freed
+        assert_eq!(got(&mut a, "a", Some("127.1.0.20")), ip("127.1.0.20"));
+        assert_eq!(got(&mut a, "g", Some("127.1.0.9")), ip("127.1.0.9"));
     }
 
     #[test]

@@ -28,6 +28,13 @@ pub fn labels(node_name: &str) -> BTreeMap<String, String> {
     .collect()
 }
 
+/// A one-line host fact for nodeInfo; empty when unreadable.
+fn host_file(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn conditions(since: &Time, now: &Time) -> serde_json::Value {
     let c = |type_: &str, status: &str, reason: &str, message: &str| {
         json!({"type": type_, "status": status, "reason": reason, "message": message,
@@ -73,12 +80,12 @@ pub fn status_patch(node_name: &str, since: &Time, now: &Time) -> serde_json::Va
         "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
         "nodeInfo": {
             "architecture": std::env::consts::ARCH,
-            "bootID": "",
+            "bootID": host_file("/proc/sys/kernel/random/boot_id"),
             "containerRuntimeVersion": "podsim://0.1.0",
-            "kernelVersion": "",
+            "kernelVersion": host_file("/proc/sys/kernel/osrelease"),
             "kubeProxyVersion": "",
             "kubeletVersion": KUBELET_VERSION,
-            "machineID": "",
+            "machineID": host_file("/etc/machine-id"),
             "operatingSystem": "linux",
             "osImage": "podsim",
             "systemUUID": "",

@@ -39,6 +39,16 @@ impl std::fmt::Display for ConfSource {
     }
 }
 
+impl ConfSource {
+    fn object(&self) -> String {
+        let kind = match self.kind {
+            Kind::Secret => "secret",
+            Kind::ConfigMap => "configmap",
+        };
+        format!("{kind} {:?}", self.name)
+    }
+}
+
 fn candidate_key(items: Option<&Vec<KeyToPath>>) -> Option<(String, bool)> {
     match items {
         None => Some((CONF_FILE.to_string(), false)),
@@ -138,7 +148,7 @@ pub fn pick(source: &ConfSource, data: Option<&BTreeMap<String, Vec<u8>>>) -> Pi
         return if source.optional {
             Pick::Skip
         } else {
-            Pick::Blocked(format!("{source}: not found"))
+            Pick::Blocked(format!("{} not found", source.object()))
         };
     };
     match data.get(&source.key) {
@@ -147,7 +157,7 @@ pub fn pick(source: &ConfSource, data: Option<&BTreeMap<String, Vec<u8>>>) -> Pi
             Err(_) => Pick::Blocked(format!("{source}: not UTF-8")),
         },
         None if source.explicit && !source.optional => {
-            Pick::Blocked(format!("{source}: key not found"))
+            Pick::Blocked(format!("{}: key not found", source))
         }
         None => Pick::Skip,
     }
@@ -241,7 +251,10 @@ mod tests {
         let plain = src(Kind::Secret, "s", "bitcoin.conf", false, false);
         assert_eq!(pick(&plain, Some(&data)), Pick::Found("regtest=1\n".into()));
         assert_eq!(pick(&plain, Some(&other)), Pick::Skip);
-        assert!(matches!(pick(&plain, None), Pick::Blocked(m) if m.contains("not found")));
+        assert_eq!(
+            pick(&plain, None),
+            Pick::Blocked("secret \"s\" not found".into())
+        );
         let optional = src(Kind::Secret, "s", "bitcoin.conf", false, true);
         assert_eq!(pick(&optional, None), Pick::Skip);
         let explicit = src(Kind::ConfigMap, "c", "bitcoin.conf", true, false);

@@ -206,7 +206,7 @@ impl Worker {
             adopted,
             trackers: BTreeMap::new(),
             retry_at: None,
-            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+            retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(5)),
             status_retry_at: None,
             status_backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
             delete_retry_at: None,
