@@ -242,4 +242,36 @@ mod test_util {
         };
         (Node::start(opts).await.unwrap(), dir)
     }
+
+    /// A node on `ip` with the default regtest ports, as in a pod.
+    pub async fn start_at(ip: &str) -> Node {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let opts = NodeOptions {
+            bind_ip: ip.parse().unwrap(),
+            config: Config::parse("regtest=1\n").unwrap(),
+            datadir: None,
+        };
+        Node::start(opts).await.unwrap()
+    }
+
+    /// Call an RPC method on a node, bypassing HTTP.
+    pub fn rpc(
+        node: &Node,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        rpc::execute(&node.shared, method, &params)
+    }
+
+    /// Poll `cond` every 50 ms for up to `secs` seconds.
+    pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        cond()
+    }
 }

@@ -587,6 +587,7 @@ impl Session {
                     }
                     while let Some(raw) = decode(&mut buf)? {
                         let (raw, size) = raw;
+                        log::trace!("{local} <- {addr}: {} {}", raw.cmd(), summary(raw.payload()));
                         self.record_recv(&raw, size);
                         let payload = raw.into_payload();
                         if matches!(payload, NetworkMessage::Verack) && !handshake_done {
@@ -709,6 +710,18 @@ impl Session {
             }
             NetworkMessage::Inv(items) => {
                 self.on_inv(&items);
+                Ok(())
+            }
+            NetworkMessage::NotFound(items) => {
+                // Let another peer's announcement fetch these blocks.
+                let mut net = self.shared.net.lock().unwrap();
+                for item in items {
+                    if let Inventory::Block(h) | Inventory::WitnessBlock(h) = item {
+                        if net.in_flight.get(&h) == Some(&self.id) {
+                            net.in_flight.remove(&h);
+                        }
+                    }
+                }
                 Ok(())
             }
             NetworkMessage::Headers(headers) => self.on_headers(&headers),
@@ -886,12 +899,18 @@ impl Session {
                     p.last_block = unix_time();
                     p.synced_blocks = p.synced_blocks.max(height.map_or(-1, i64::from));
                 }
-                if let (Some(first), Some(tip)) =
-                    (change.connected.first(), change.connected.last())
-                {
-                    log::debug!("peer {}: new tip {tip} (first connected {first})", self.id);
+                if let Some(tip) = change.connected.last() {
+                    log::debug!(
+                        "new tip {tip} after block from peer {}: {} connected, {} disconnected",
+                        self.id,
+                        change.connected.len(),
+                        change.disconnected.len()
+                    );
                 }
-                announce(&self.shared, &change, Some(self.id));
+                // The sender knows the block it sent, but not necessarily
+                // descendants we had stored and now connected.
+                let sender_knows_tip = change.connected.last() == Some(&hash);
+                announce(&self.shared, &change, sender_knows_tip.then_some(self.id));
                 Ok(())
             }
             Err(Error::Invalid("prev-blk-not-found")) => {
@@ -910,6 +929,179 @@ impl Session {
     }
 }
 
+/// Short description of a message for trace logs.
+fn summary(msg: &NetworkMessage) -> String {
+    match msg {
+        NetworkMessage::Headers(h) => format!(
+            "{} headers, last {:?}",
+            h.len(),
+            h.last().map(|h| h.block_hash())
+        ),
+        NetworkMessage::Inv(i) | NetworkMessage::GetData(i) => format!("{i:?}"),
+        NetworkMessage::Block(b) => b.block_hash().to_string(),
+        NetworkMessage::GetHeaders(m) => format!("locator {:?}", m.locator_hashes.first()),
+        _ => String::new(),
+    }
+}
+
 fn get_headers(locator: Vec<BlockHash>, stop: BlockHash) -> NetworkMessage {
     NetworkMessage::GetHeaders(GetHeadersMessage::new(locator, stop))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_util::{eventually, rpc, start_at, REGTEST_ADDR};
+    use serde_json::json;
+
+    fn best(node: &crate::Node) -> String {
+        rpc(node, "getbestblockhash", json!([]))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn mine(node: &crate::Node, n: u32) {
+        rpc(node, "generatetoaddress", json!([n, REGTEST_ADDR])).unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_nodes_sync_101_blocks_over_addnode() {
+        let a = start_at("127.86.1.1").await;
+        let b = start_at("127.86.1.2").await;
+        rpc(&a, "addnode", json!(["127.86.1.2", "add"])).unwrap();
+        let connected = || rpc(&a, "getaddednodeinfo", json!([])).unwrap()[0]["connected"] == true;
+        assert!(eventually(10, connected).await, "addnode connection");
+        let info = rpc(&a, "getaddednodeinfo", json!(["127.86.1.2"])).unwrap();
+        assert_eq!(
+            info,
+            json!([{"addednode": "127.86.1.2", "connected": true,
+                    "addresses": [{"address": "127.86.1.2:18444", "connected": "outbound"}]}])
+        );
+        // b sees an inbound peer coming from a's address.
+        assert!(
+            eventually(5, || rpc(&b, "getpeerinfo", json!([])).unwrap()[0]
+                ["version"]
+                == 70016)
+            .await
+        );
+        let peer = rpc(&b, "getpeerinfo", json!([])).unwrap()[0].clone();
+        assert_eq!(peer["inbound"], true);
+        assert_eq!(peer["connection_type"], "inbound");
+        assert!(peer["addr"].as_str().unwrap().starts_with("127.86.1.1:"));
+        let peer_a = rpc(&a, "getpeerinfo", json!([])).unwrap()[0].clone();
+        assert_eq!(
+            (peer_a["addr"].as_str(), peer_a["connection_type"].as_str()),
+            (Some("127.86.1.2"), Some("manual"))
+        );
+
+        let started = std::time::Instant::now();
+        mine(&a, 101);
+        assert!(eventually(20, || best(&b) == best(&a)).await, "b follows a");
+        eprintln!("101 blocks mined and synced in {:?}", started.elapsed());
+        assert_eq!(rpc(&b, "getblockcount", json!([])).unwrap(), 101);
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn blocks_relay_across_a_line_and_reorg_to_heavier_chain() {
+        let a = start_at("127.86.2.1").await;
+        let b = start_at("127.86.2.2").await;
+        let c = start_at("127.86.2.3").await;
+        // Separate histories first: a mines 3, c mines 5 (to another
+        // address, else both would mine identical blocks in the same second).
+        mine(&a, 3);
+        rpc(
+            &c,
+            "generatetoaddress",
+            json!([5, "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn"]),
+        )
+        .unwrap();
+        // a - b - c, connected from both ends.
+        rpc(&a, "addnode", json!(["127.86.2.2", "add"])).unwrap();
+        rpc(&c, "addnode", json!(["127.86.2.2:18444", "add"])).unwrap();
+        assert!(eventually(20, || best(&a) == best(&c) && best(&b) == best(&c)).await);
+        assert_eq!(
+            rpc(&a, "getblockcount", json!([])).unwrap(),
+            5,
+            "a reorged to c's heavier chain"
+        );
+        // New blocks on a travel through b to c.
+        mine(&a, 2);
+        assert!(eventually(20, || best(&c) == best(&a)).await);
+        assert_eq!(rpc(&c, "getblockcount", json!([])).unwrap(), 7);
+        for n in [a, b, c] {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn added_node_reconnects_after_restart() {
+        let a = start_at("127.86.3.1").await;
+        let b = start_at("127.86.3.2").await;
+        rpc(&a, "addnode", json!(["127.86.3.2", "add"])).unwrap();
+        let connected = |a: &crate::Node| {
+            rpc(a, "getaddednodeinfo", json!([])).unwrap()[0]["connected"] == true
+        };
+        assert!(eventually(10, || connected(&a)).await);
+        b.stop().await;
+        assert!(eventually(10, || !connected(&a)).await, "loss noticed");
+        mine(&a, 4);
+        let b = start_at("127.86.3.2").await;
+        assert!(eventually(15, || connected(&a)).await, "reconnected");
+        assert!(
+            eventually(10, || best(&b) == best(&a)).await,
+            "b catches up after reconnect"
+        );
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn remove_stops_reconnecting_and_disconnectnode_drops() {
+        let a = start_at("127.86.4.1").await;
+        let b = start_at("127.86.4.2").await;
+        rpc(&a, "addnode", json!(["127.86.4.2", "add"])).unwrap();
+        let peers = |n: &crate::Node| {
+            rpc(n, "getconnectioncount", json!([]))
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        };
+        assert!(eventually(10, || peers(&a) == 1).await);
+        // Like Core, removing keeps the live connection...
+        rpc(&a, "addnode", json!(["127.86.4.2", "remove"])).unwrap();
+        assert_eq!(rpc(&a, "getaddednodeinfo", json!([])).unwrap(), json!([]));
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert_eq!(peers(&a), 1);
+        // ...and disconnectnode drops it, with no reconnect afterwards.
+        rpc(&a, "disconnectnode", json!(["127.86.4.2"])).unwrap();
+        assert!(eventually(5, || peers(&a) == 0 && peers(&b) == 0).await);
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(peers(&a), 0);
+        a.stop().await;
+        b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn onetry_and_self_connection() {
+        let a = start_at("127.86.5.1").await;
+        let b = start_at("127.86.5.2").await;
+        rpc(&a, "addnode", json!(["127.86.5.2", "onetry"])).unwrap();
+        let peers = |n: &crate::Node| {
+            rpc(n, "getconnectioncount", json!([]))
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        };
+        assert!(eventually(10, || peers(&b) == 1).await);
+        assert_eq!(rpc(&a, "getaddednodeinfo", json!([])).unwrap(), json!([]));
+        // A node told to connect to itself drops the connection.
+        rpc(&b, "addnode", json!(["127.86.5.2", "onetry"])).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(eventually(5, || peers(&b) == 1).await);
+        a.stop().await;
+        b.stop().await;
+    }
 }
