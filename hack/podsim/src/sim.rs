@@ -170,6 +170,9 @@ pub async fn run(ctx: Arc<Ctx>, mut events: mpsc::Receiver<PodEvent>, token: Can
     };
     loop {
         tokio::select! {
+            // Shutdown first: workers exiting because of it are still
+            // counted and awaited below.
+            biased;
             _ = token.cancelled() => break,
             Some(uid) = done_rx.recv() => {
                 sim.workers.remove(&uid);
