@@ -1,1 +1,277 @@
+//! A small Bitcoin regtest node for tests: Bitcoin Core's JSON-RPC dialect for
+//! the methods the controller and the demo use, and the real Bitcoin P2P
+//! protocol (rust-bitcoin messages, regtest genesis, real proof of work), so
+//! blocks propagate between nodes and to other implementations.
 
+mod chain;
+mod config;
+mod http;
+mod net;
+mod rpc;
+
+pub use config::{Config, ConfigError, RpcAuth};
+
+use chain::Chain;
+use net::Net;
+use rand::RngCore;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The one error type of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `bitcoin.conf` could not be used (bitcoind would refuse to start).
+    #[error("Error reading configuration file: {0}")]
+    Config(String),
+    /// A JSON-RPC error with Bitcoin Core's code and message.
+    #[error("RPC error {code}: {message}")]
+    Rpc { code: i32, message: String },
+    /// A header or block broke a consensus rule (Core's reject reason).
+    #[error("invalid block: {0}")]
+    Invalid(&'static str),
+    /// A peer broke the P2P protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// How to run a node.
+pub struct NodeOptions {
+    /// Address both the RPC and the P2P listener bind to; outbound P2P
+    /// connections use it as their source address too.
+    pub bind_ip: IpAddr,
+    pub config: Config,
+    /// If set, the RPC cookie is written to `<datadir>/regtest/.cookie`.
+    pub datadir: Option<PathBuf>,
+}
+
+/// State shared by the RPC server, the P2P code and the node handle.
+pub(crate) struct Shared {
+    config: Config,
+    bind_ip: IpAddr,
+    rpc_addr: SocketAddr,
+    p2p_addr: SocketAddr,
+    cookie: String,
+    started: Instant,
+    chain: Mutex<Chain>,
+    net: Mutex<Net>,
+    /// Fault injection: while true the RPC server answers nothing.
+    rpc_hang: watch::Sender<bool>,
+    /// Cancelled when the node stops (by [`Node::stop`] or RPC `stop`).
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Connection slots for added nodes (Core's MAX_ADDNODE_CONNECTIONS).
+    addnode_slots: Arc<Semaphore>,
+}
+
+impl Shared {
+    fn new(
+        config: Config,
+        bind_ip: IpAddr,
+        rpc_addr: SocketAddr,
+        p2p_addr: SocketAddr,
+        cookie: String,
+    ) -> Shared {
+        Shared {
+            config,
+            bind_ip,
+            rpc_addr,
+            p2p_addr,
+            cookie,
+            started: Instant::now(),
+            chain: Mutex::new(Chain::new()),
+            net: Mutex::new(Net::default()),
+            rpc_hang: watch::Sender::new(false),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            addnode_slots: Arc::new(Semaphore::new(net::MAX_ADDNODE_CONNECTIONS)),
+        }
+    }
+}
+
+/// A running regtest node.
+pub struct Node {
+    shared: Arc<Shared>,
+    cookie_file: Option<PathBuf>,
+}
+
+impl Node {
+    /// Bind RPC and P2P on `bind_ip` and start serving.
+    pub async fn start(opts: NodeOptions) -> std::io::Result<Node> {
+        if opts.config.chain() != "regtest" {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "only regtest is supported, the configuration selects {}",
+                    opts.config.chain()
+                ),
+            ));
+        }
+        let rpc = TcpListener::bind((opts.bind_ip, opts.config.rpc_port())).await?;
+        let p2p = TcpListener::bind((opts.bind_ip, opts.config.p2p_port())).await?;
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let cookie = format!("__cookie__:{}", hex::encode(secret));
+        // Like bitcoind, write a cookie file only when no rpcpassword is set;
+        // the cookie is accepted either way.
+        let cookie_file = match &opts.datadir {
+            Some(dir) if opts.config.uses_cookie() => Some(write_cookie(dir, &cookie)?),
+            _ => None,
+        };
+        let shared = Arc::new(Shared::new(
+            opts.config,
+            opts.bind_ip,
+            rpc.local_addr()?,
+            p2p.local_addr()?,
+            cookie,
+        ));
+        log::info!(
+            "regtest node: RPC on {}, P2P on {}",
+            shared.rpc_addr,
+            shared.p2p_addr
+        );
+        shared.tasks.spawn(http::serve(shared.clone(), rpc));
+        shared.tasks.spawn(net::listen(shared.clone(), p2p));
+        for node in shared.config.add_nodes().to_vec() {
+            net::add_node(&shared, &node);
+        }
+        Ok(Node {
+            shared,
+            cookie_file,
+        })
+    }
+
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.shared.rpc_addr
+    }
+
+    pub fn p2p_addr(&self) -> SocketAddr {
+        self.shared.p2p_addr
+    }
+
+    /// `__cookie__:<64 hex>`, valid as RPC Basic-auth `user:password`.
+    pub fn cookie(&self) -> &str {
+        &self.shared.cookie
+    }
+
+    /// Fault injection: while `hang` is true the RPC server keeps accepting
+    /// connections but answers no request; clearing it lets them proceed.
+    pub fn set_rpc_hang(&self, hang: bool) {
+        self.shared.rpc_hang.send_replace(hang);
+    }
+
+    /// Resolves once the node is shutting down (e.g. after RPC `stop`).
+    pub async fn stopped(&self) {
+        self.shared.shutdown.cancelled().await
+    }
+
+    /// Close the listeners and every peer connection, remove the cookie file.
+    pub async fn stop(self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        if let Some(file) = &self.cookie_file {
+            let _ = std::fs::remove_file(file);
+        }
+        log::info!("regtest node on {} stopped", self.shared.rpc_addr);
+    }
+}
+
+fn write_cookie(datadir: &std::path::Path, cookie: &str) -> std::io::Result<PathBuf> {
+    let dir = datadir.join("regtest");
+    std::fs::create_dir_all(&dir)?;
+    let tmp = dir.join(".cookie.tmp");
+    let file = dir.join(".cookie");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    std::io::Write::write_all(&mut opts.open(&tmp)?, cookie.as_bytes())?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(file)
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod test_util {
+    use super::*;
+
+    /// A valid regtest (bcrt1) P2WPKH address.
+    pub const REGTEST_ADDR: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+
+    /// Shared state without listeners, for calling RPC handlers directly.
+    pub async fn node_shared() -> Arc<Shared> {
+        let config = Config::parse("regtest=1\n").unwrap();
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        Arc::new(Shared::new(
+            config,
+            addr.ip(),
+            addr,
+            addr,
+            "__cookie__:00".into(),
+        ))
+    }
+
+    /// A running node on `ip` with ephemeral ports and rpcauth for user/pass.
+    pub async fn start_node(ip: &str, user: &str, pass: &str) -> (Node, tempfile::TempDir) {
+        let salt = "00112233445566778899aabbccddeeff";
+        let text = format!(
+            "regtest=1\nrpcauth={user}:{salt}${}\n",
+            RpcAuth::digest(salt, pass)
+        );
+        let mut config = Config::parse(&text).unwrap();
+        config.set_ports(0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let opts = NodeOptions {
+            bind_ip: ip.parse().unwrap(),
+            config,
+            datadir: Some(dir.path().to_path_buf()),
+        };
+        (Node::start(opts).await.unwrap(), dir)
+    }
+
+    /// A node on `ip` with the default regtest ports, as in a pod.
+    pub async fn start_at(ip: &str) -> Node {
+        let _ = env_logger::builder().is_test(true).try_init();
+        let opts = NodeOptions {
+            bind_ip: ip.parse().unwrap(),
+            config: Config::parse("regtest=1\n").unwrap(),
+            datadir: None,
+        };
+        Node::start(opts).await.unwrap()
+    }
+
+    /// Call an RPC method on a node, bypassing HTTP.
+    pub fn rpc(
+        node: &Node,
+        method: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        rpc::execute(&node.shared, method, &params)
+    }
+
+    /// Poll `cond` every 50 ms for up to `secs` seconds.
+    pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+        let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if cond() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        cond()
+    }
+}
