@@ -53,6 +53,7 @@ pub struct NodeOptions {
 }
 
 /// State shared by the RPC server, the P2P code and the node handle.
+/// Code that needs both locks takes `chain` before `net`.
 pub(crate) struct Shared {
     config: Config,
     bind_ip: IpAddr,

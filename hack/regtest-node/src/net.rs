@@ -317,9 +317,10 @@ fn network_name(ip: IpAddr) -> &'static str {
 
 /// `getpeerinfo`.
 pub(crate) fn peer_info(shared: &Shared) -> Value {
+    // Lock order everywhere: chain before net.
+    let chain = shared.chain.lock().unwrap();
     let net = shared.net.lock().unwrap();
     let in_flight: Vec<(&BlockHash, &u64)> = net.in_flight.iter().collect();
-    let chain = shared.chain.lock().unwrap();
     let peers = net.peers.iter().map(|(id, p)| {
         let inflight: Vec<u32> = in_flight
             .iter()
@@ -799,11 +800,10 @@ impl Session {
 
     fn on_inv(&mut self, items: &[Inventory]) {
         let chain = self.shared.chain.lock().unwrap();
-        let unknown = items.iter().rev().find_map(|i| match i {
-            Inventory::Block(h) | Inventory::WitnessBlock(h) if chain.get(h).is_none() => Some(*h),
-            _ => None,
+        let unknown = items.iter().any(|i| {
+            matches!(i, Inventory::Block(h) | Inventory::WitnessBlock(h) if chain.get(h).is_none())
         });
-        if unknown.is_some() {
+        if unknown {
             let locator = chain.locator();
             drop(chain);
             self.send(get_headers(locator, BlockHash::all_zeros()));
