@@ -185,6 +185,14 @@ impl Node {
     }
 }
 
+/// Dropping a node without [`Node::stop`] still shuts it down (in the
+/// background, leaving the cookie file behind).
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
+    }
+}
+
 fn write_cookie(datadir: &std::path::Path, cookie: &str) -> std::io::Result<PathBuf> {
     let dir = datadir.join("regtest");
     std::fs::create_dir_all(&dir)?;

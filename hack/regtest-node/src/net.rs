@@ -1085,6 +1085,41 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_eight_added_nodes_are_connected() {
+        let a = start_at("127.86.6.1").await;
+        let mut others = Vec::new();
+        for i in 2..=10 {
+            let ip = format!("127.86.6.{i}");
+            others.push(start_at(&ip).await);
+            rpc(&a, "addnode", json!([ip, "add"])).unwrap();
+        }
+        let connected = || {
+            let info = rpc(&a, "getaddednodeinfo", json!([])).unwrap();
+            let list = info.as_array().unwrap().clone();
+            list.into_iter()
+                .filter(|n| n["connected"] == true)
+                .map(|n| n["addednode"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(eventually(10, || connected().len() == 8).await);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(connected().len(), 8, "never more than 8");
+        // Freeing a slot lets the ninth connect.
+        let first = connected()[0].clone();
+        rpc(&a, "addnode", json!([first, "remove"])).unwrap();
+        rpc(&a, "disconnectnode", json!([first])).unwrap();
+        assert!(
+            eventually(10, || connected().len() == 8
+                && !connected().contains(&first))
+            .await
+        );
+        a.stop().await;
+        for n in others {
+            n.stop().await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn onetry_and_self_connection() {
         let a = start_at("127.86.5.1").await;
         let b = start_at("127.86.5.2").await;
