@@ -407,6 +407,15 @@ pub(crate) fn added_node_info(shared: &Shared, node: Option<&str>) -> Option<Val
     Some(Value::Array(entries.collect()))
 }
 
+/// How many more bytes the message at the front of `buf` needs.
+fn missing_bytes(buf: &[u8]) -> usize {
+    if buf.len() < 24 {
+        return 24 - buf.len();
+    }
+    let len = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes")) as usize;
+    (24 + len.min(MAX_MESSAGE)).saturating_sub(buf.len())
+}
+
 /// Decode one message (and its wire size) from the front of `buf`, if complete.
 fn decode(buf: &mut Vec<u8>) -> Result<Option<(RawNetworkMessage, usize)>, Error> {
     if buf.len() < 24 {
@@ -591,7 +600,7 @@ impl Session {
                         log::trace!("{local} <- {addr}: {} {}", raw.cmd(), summary(raw.payload()));
                         self.record_recv(&raw, size);
                         let payload = raw.into_payload();
-                        if matches!(payload, NetworkMessage::Verack) && !handshake_done {
+                        if matches!(payload, NetworkMessage::Verack) && self.got_version {
                             handshake_done = true;
                             ping_timer.reset_immediately();
                         }
@@ -600,7 +609,7 @@ impl Session {
                     if buf.is_empty() && buf.capacity() > 64 * 1024 {
                         buf = Vec::new();
                     }
-                    buf.reserve(8 * 1024);
+                    buf.reserve(missing_bytes(&buf).max(1024));
                 }
             }
         }
