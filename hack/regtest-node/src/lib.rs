@@ -53,6 +53,7 @@ pub struct NodeOptions {
 }
 
 /// State shared by the RPC server, the P2P code and the node handle.
+/// Code that needs both locks takes `chain` before `net`.
 pub(crate) struct Shared {
     config: Config,
     bind_ip: IpAddr,
@@ -181,6 +182,14 @@ impl Node {
             let _ = std::fs::remove_file(file);
         }
         log::info!("regtest node on {} stopped", self.shared.rpc_addr);
+    }
+}
+
+/// Dropping a node without [`Node::stop`] still shuts it down (in the
+/// background, leaving the cookie file behind).
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shared.shutdown.cancel();
     }
 }
 

@@ -317,9 +317,10 @@ fn network_name(ip: IpAddr) -> &'static str {
 
 /// `getpeerinfo`.
 pub(crate) fn peer_info(shared: &Shared) -> Value {
+    // Lock order everywhere: chain before net.
+    let chain = shared.chain.lock().unwrap();
     let net = shared.net.lock().unwrap();
     let in_flight: Vec<(&BlockHash, &u64)> = net.in_flight.iter().collect();
-    let chain = shared.chain.lock().unwrap();
     let peers = net.peers.iter().map(|(id, p)| {
         let inflight: Vec<u32> = in_flight
             .iter()
@@ -404,6 +405,15 @@ pub(crate) fn added_node_info(shared: &Shared, node: Option<&str>) -> Option<Val
         json!({"addednode": a.name, "connected": peer.is_some(), "addresses": addresses})
     });
     Some(Value::Array(entries.collect()))
+}
+
+/// How many more bytes the message at the front of `buf` needs.
+fn missing_bytes(buf: &[u8]) -> usize {
+    if buf.len() < 24 {
+        return 24 - buf.len();
+    }
+    let len = u32::from_le_bytes(buf[16..20].try_into().expect("4 bytes")) as usize;
+    (24 + len.min(MAX_MESSAGE)).saturating_sub(buf.len())
 }
 
 /// Decode one message (and its wire size) from the front of `buf`, if complete.
@@ -590,7 +600,7 @@ impl Session {
                         log::trace!("{local} <- {addr}: {} {}", raw.cmd(), summary(raw.payload()));
                         self.record_recv(&raw, size);
                         let payload = raw.into_payload();
-                        if matches!(payload, NetworkMessage::Verack) && !handshake_done {
+                        if matches!(payload, NetworkMessage::Verack) && self.got_version {
                             handshake_done = true;
                             ping_timer.reset_immediately();
                         }
@@ -599,7 +609,7 @@ impl Session {
                     if buf.is_empty() && buf.capacity() > 64 * 1024 {
                         buf = Vec::new();
                     }
-                    buf.reserve(8 * 1024);
+                    buf.reserve(missing_bytes(&buf).max(1024));
                 }
             }
         }
@@ -799,11 +809,10 @@ impl Session {
 
     fn on_inv(&mut self, items: &[Inventory]) {
         let chain = self.shared.chain.lock().unwrap();
-        let unknown = items.iter().rev().find_map(|i| match i {
-            Inventory::Block(h) | Inventory::WitnessBlock(h) if chain.get(h).is_none() => Some(*h),
-            _ => None,
+        let unknown = items.iter().any(|i| {
+            matches!(i, Inventory::Block(h) | Inventory::WitnessBlock(h) if chain.get(h).is_none())
         });
-        if unknown.is_some() {
+        if unknown {
             let locator = chain.locator();
             drop(chain);
             self.send(get_headers(locator, BlockHash::all_zeros()));
@@ -1082,6 +1091,41 @@ mod tests {
         assert_eq!(peers(&a), 0);
         a.stop().await;
         b.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_most_eight_added_nodes_are_connected() {
+        let a = start_at("127.86.6.1").await;
+        let mut others = Vec::new();
+        for i in 2..=10 {
+            let ip = format!("127.86.6.{i}");
+            others.push(start_at(&ip).await);
+            rpc(&a, "addnode", json!([ip, "add"])).unwrap();
+        }
+        let connected = || {
+            let info = rpc(&a, "getaddednodeinfo", json!([])).unwrap();
+            let list = info.as_array().unwrap().clone();
+            list.into_iter()
+                .filter(|n| n["connected"] == true)
+                .map(|n| n["addednode"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(eventually(10, || connected().len() == 8).await);
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert_eq!(connected().len(), 8, "never more than 8");
+        // Freeing a slot lets the ninth connect.
+        let first = connected()[0].clone();
+        rpc(&a, "addnode", json!([first, "remove"])).unwrap();
+        rpc(&a, "disconnectnode", json!([first])).unwrap();
+        assert!(
+            eventually(10, || connected().len() == 8
+                && !connected().contains(&first))
+            .await
+        );
+        a.stop().await;
+        for n in others {
+            n.stop().await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
