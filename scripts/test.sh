@@ -13,7 +13,7 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --features e2e -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "manifests/crd.yaml matches 'bitcoin-controller crd'"
 cargo run -q --bin bitcoin-controller -- crd | diff -u manifests/crd.yaml - ||
@@ -25,7 +25,7 @@ cargo test --workspace
 step "btcd interop (our regtest node against a real Go full node)"
 BTCD_BIN="$(hack/btcd/build.sh)"
 export BTCD_BIN
-cargo test -p regtest-node --test btcd_interop -- --nocapture
+cargo test -p regtest-node --features interop --test btcd_interop -- --nocapture
 
 step "local control plane"
 export BC_CLUSTER_DIR="${BC_TEST_CLUSTER_DIR:-$PWD/.local/test-cluster}"
