@@ -95,6 +95,11 @@ impl ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// Everything the controller has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("controller log")
+    }
+
     /// Sends SIGKILL (a crash, no graceful shutdown) and reaps the process.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -1,0 +1,340 @@
+//! RPC credentials end to end: generated and user-provided Secrets, password
+//! rotation, a missing Secret, and no plain password anywhere it must not be.
+
+use std::collections::BTreeMap;
+
+use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkSpec};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
+use kube_client::{Api, Client};
+use serde_json::json;
+
+use crate::harness::*;
+
+fn user_secret(name: &str, user: &str, password: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([
+            (
+                "BC_RPC_USER".to_owned(),
+                ByteString(user.as_bytes().to_vec()),
+            ),
+            (
+                "BC_RPC_PASSWORD".to_owned(),
+                ByteString(password.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    }
+}
+
+async fn create_network_with_secret(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    nodes: i32,
+    secret: &str,
+) {
+    let api: Api<BitcoinNetwork> = Api::namespaced(client.clone(), ns);
+    let net = BitcoinNetwork::new(
+        name,
+        BitcoinNetworkSpec {
+            nodes,
+            secret: Some(secret.into()),
+            image: None,
+        },
+    );
+    api.create(&PostParams::default(), &net)
+        .await
+        .expect("create network");
+}
+
+/// Fails if `password` (plain or base64) appears in any StatefulSet, the
+/// configuration Secret, the network (status included), an Event of the
+/// namespace, or the controller's log.
+async fn assert_password_nowhere(client: &Client, ns: &str, password: &str, controller_log: &str) {
+    let b64 = ByteString(password.as_bytes().to_vec());
+    let b64 = serde_json::to_value(&b64)
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lp = ListParams::default();
+    let mut places: Vec<(String, String)> = vec![
+        (
+            "StatefulSets".into(),
+            serde_json::to_string(
+                &Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items,
+            )
+            .unwrap(),
+        ),
+        (
+            "Pods".into(),
+            serde_json::to_string(
+                &Api::<Pod>::namespaced(client.clone(), ns)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items,
+            )
+            .unwrap(),
+        ),
+        (
+            "networks".into(),
+            serde_json::to_string(
+                &Api::<BitcoinNetwork>::namespaced(client.clone(), ns)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items,
+            )
+            .unwrap(),
+        ),
+        (
+            "Events".into(),
+            serde_json::to_string(
+                &Api::<Event>::namespaced(client.clone(), ns)
+                    .list(&lp)
+                    .await
+                    .unwrap()
+                    .items,
+            )
+            .unwrap(),
+        ),
+        ("controller log".into(), controller_log.to_owned()),
+    ];
+    for secret in Api::<Secret>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .unwrap()
+        .items
+    {
+        if secret
+            .metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.ends_with("-config"))
+        {
+            let conf = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get("bitcoin.conf"))
+                .expect("bitcoin.conf");
+            let conf = String::from_utf8(conf.0.clone()).unwrap();
+            assert!(conf.contains("rpcauth="), "no rpcauth line in {conf}");
+            places.push((format!("Secret {}", secret.metadata.name.unwrap()), conf));
+        }
+    }
+    assert!(
+        controller_log.contains("reconciling"),
+        "the controller log looks empty"
+    );
+    for (place, text) in places {
+        assert!(
+            !text.contains(password),
+            "the plain password appears in {place}"
+        );
+        assert!(
+            !text.contains(&b64),
+            "the base64 password appears in {place}"
+        );
+    }
+}
+
+/// A generated Secret works end to end, and its password is nowhere else.
+#[tokio::test]
+async fn generated_secret_stays_secret() {
+    let admin = admin_client().await;
+    let controller = ControllerProcess::start("secret-generated", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-secret-gen").await;
+    create_network(&admin, &ns.name, "net", 2).await;
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "2 ready nodes", all_ready(2)).await;
+    report("secret-generated", "ready with generated credentials", took);
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    nodes.wait_for_mesh(&ips(&status)).await;
+
+    let secret = Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .get("net")
+        .await
+        .unwrap();
+    let password = String::from_utf8(secret.data.unwrap()["BC_RPC_PASSWORD"].0.clone()).unwrap();
+    assert!(password.len() >= 32, "weak generated password");
+    assert_password_nowhere(&admin, &ns.name, &password, &controller.log_text()).await;
+    ns.delete().await;
+}
+
+/// A user-provided Secret works; rotating its password rolls the pods and the
+/// controller keeps syncing with the new credentials.
+#[tokio::test]
+async fn user_secret_and_rotation() {
+    let admin = admin_client().await;
+    let controller = ControllerProcess::start("secret-rotation", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-secret-rot").await;
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    secrets
+        .create(
+            &PostParams::default(),
+            &user_secret("creds", "alice", "first-password-0123456789"),
+        )
+        .await
+        .unwrap();
+    create_network_with_secret(&admin, &ns.name, "net", 3, "creds").await;
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+    report("secret-user", "ready with a user-provided Secret", took);
+    let nodes = Nodes::for_network(&admin, &ns.name, "creds").await;
+    nodes.wait_for_mesh(&ips(&status)).await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
+    let uids = |list: Vec<Pod>| {
+        list.into_iter()
+            .map(|p| p.metadata.uid.unwrap())
+            .collect::<Vec<_>>()
+    };
+    let before = uids(pods.list(&ListParams::default()).await.unwrap().items);
+
+    secrets
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"BC_RPC_PASSWORD": "second-password-9876543210"}})),
+        )
+        .await
+        .unwrap();
+    let (status, took) = wait_for(
+        "every pod rolled to the new configuration",
+        CONVERGE,
+        || async {
+            let now = uids(
+                pods.list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .items,
+            );
+            let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+            let s = nets
+                .get("net")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            if now.len() == 3 && now.iter().all(|u| !before.contains(u)) && all_ready(3)(&s) {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{} of 3 pods new, {} ready",
+                    now.iter().filter(|u| !before.contains(u)).count(),
+                    s.ready_nodes
+                ))
+            }
+        },
+    )
+    .await;
+    report(
+        "secret-rotation",
+        "pods rolled after the password change",
+        took,
+    );
+    let new_nodes = Nodes::for_network(&admin, &ns.name, "creds").await;
+    let took = new_nodes.wait_for_mesh(&ips(&status)).await;
+    report(
+        "secret-rotation",
+        "mesh synced with the new credentials",
+        took,
+    );
+    assert!(
+        nodes
+            .call(&ips(&status)[0], "getblockcount", vec![])
+            .await
+            .is_err(),
+        "the old password still works"
+    );
+    for password in ["first-password-0123456789", "second-password-9876543210"] {
+        // The user's own Secret holds it, but nothing the controller writes does.
+        assert_password_nowhere(&admin, &ns.name, password, &controller.log_text()).await;
+    }
+    ns.delete().await;
+}
+
+/// A missing Secret is reported in the status and as an Event, and the
+/// network recovers by itself when the Secret appears.
+#[tokio::test]
+async fn missing_secret_is_reported_then_recovered() {
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("secret-missing", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-secret-missing").await;
+    create_network_with_secret(&admin, &ns.name, "net", 2, "later").await;
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "Degraded: SecretNotFound", |s| {
+            s.conditions.iter().any(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "SecretNotFound"
+            })
+        })
+        .await;
+    report("secret-missing", "reported in the status", took);
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap();
+    assert!(degraded.message.contains("later"), "{}", degraded.message);
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+    wait_for("a SecretNotFound Warning event", CONVERGE, || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("SecretNotFound")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("{} events, none SecretNotFound", list.items.len()))
+    })
+    .await;
+    // No StatefulSet without credentials: nothing runs with a default password.
+    assert!(Api::<StatefulSet>::namespaced(admin.clone(), &ns.name)
+        .get_opt("net-sts")
+        .await
+        .unwrap()
+        .is_none());
+
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &user_secret("later", "bob", "a-password-that-came-later"),
+        )
+        .await
+        .unwrap();
+    let (_, took) = wait_for_status(
+        &admin,
+        &ns.name,
+        "net",
+        "ready after the Secret appeared",
+        |s| {
+            all_ready(2)(s)
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.status == "False")
+        },
+    )
+    .await;
+    report(
+        "secret-missing",
+        "recovered after the Secret appeared",
+        took,
+    );
+    ns.delete().await;
+}
