@@ -58,12 +58,14 @@ _bc_cache_bin_dir() {
 	esac
 }
 
-# Prints the path of a usable prebuilt binary, or nothing.
+# Prints the path of a usable prebuilt binary, or nothing. Binaries of the
+# build cache (on PATH after `local-cluster.sh env`) do not count here.
 _bc_find_prebuilt() {
 	local name="$1" candidate version
 	[[ "${BC_FORCE_BUILD:-0}" == 1 ]] && return 0
 	for candidate in ${KUBEBUILDER_ASSETS:+"${KUBEBUILDER_ASSETS}/${name}"} "$(command -v "${name}" || true)"; do
 		[[ -n "${candidate}" && -x "${candidate}" ]] || continue
+		[[ "${candidate}" == "${BC_CACHE_ROOT}"/* ]] && continue
 		version="$(_bc_version_of "${name}" "${candidate}")"
 		if _bc_version_ok "${name}" "${version}"; then
 			echo "${candidate}"
