@@ -118,6 +118,9 @@ wait_until() {
 	log "${what}: ok"
 }
 
+# stop_component <name>: SIGTERM to the component, then to anything it left
+# behind in its process group (setsid made its pid the group id), and
+# SIGKILL to the whole group after STOP_TIMEOUT.
 stop_component() {
 	local name="$1" pid deadline
 	pid="$(component_pid "${name}")"
@@ -128,11 +131,16 @@ stop_component() {
 	log "stopping ${name} (pid ${pid})"
 	kill -TERM "${pid}" 2>/dev/null || true
 	deadline=$((SECONDS + STOP_TIMEOUT))
-	while kill -0 "${pid}" 2>/dev/null; do
+	while kill -0 -- "-${pid}" 2>/dev/null; do
 		if ((SECONDS >= deadline)); then
 			log "${name} did not stop within ${STOP_TIMEOUT}s: sending SIGKILL"
-			kill -KILL "${pid}" 2>/dev/null || true
+			kill -KILL -- "-${pid}" 2>/dev/null || true
+			deadline=$((SECONDS + 5))
+			while kill -0 -- "-${pid}" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
 			break
+		fi
+		if ! kill -0 "${pid}" 2>/dev/null; then
+			kill -TERM -- "-${pid}" 2>/dev/null || true
 		fi
 		sleep 0.2
 	done
