@@ -237,16 +237,29 @@ write_kubeconfig() {
 
 # ---------------------------------------------------------------- components
 
-check_port_free() {
-	local name="$1" port="$2"
-	if [[ -z "$(component_pid "${name}")" ]] && port_in_use "${port}"; then
-		die "port ${port} for ${name} is taken by another process (see 'ss -ltnp'); set the BC_*_PORT variables to move it"
-	fi
+component_ports() {
+	case "$1" in
+	etcd) echo "${ETCD_CLIENT_PORT} ${ETCD_PEER_PORT}" ;;
+	kube-apiserver) echo "${APISERVER_PORT}" ;;
+	kube-controller-manager) echo "${KCM_PORT}" ;;
+	esac
+}
+
+# Fails before anything starts if a port of a component that is not
+# running yet is taken.
+check_ports_free() {
+	local name port
+	for name in etcd kube-apiserver kube-controller-manager; do
+		[[ -z "$(component_pid "${name}")" ]] || continue
+		for port in $(component_ports "${name}"); do
+			if port_in_use "${port}"; then
+				die "port ${port} for ${name} is taken by another process (see 'ss -ltnp'); use another BC_CLUSTER_DIR with other BC_*_PORT values"
+			fi
+		done
+	done
 }
 
 start_etcd() {
-	check_port_free etcd "${ETCD_CLIENT_PORT}"
-	check_port_free etcd "${ETCD_PEER_PORT}"
 	# --unsafe-no-fsync: the data is throw-away; fsync only slows tests down.
 	start_component etcd "${BC_ETCD}" \
 		--name local \
@@ -265,7 +278,6 @@ start_etcd() {
 # endpoints, because 127.0.0.1 is not a valid endpoint address and nothing
 # routes the service CIDR here anyway.
 start_apiserver() {
-	check_port_free kube-apiserver "${APISERVER_PORT}"
 	start_component kube-apiserver "${BC_KUBE_APISERVER}" \
 		--etcd-servers "http://127.0.0.1:${ETCD_CLIENT_PORT}" \
 		--bind-address 127.0.0.1 \
@@ -288,7 +300,6 @@ start_apiserver() {
 }
 
 start_controller_manager() {
-	check_port_free kube-controller-manager "${KCM_PORT}"
 	write_kubeconfig "${KCM_KUBECONFIG}" system:kube-controller-manager \
 		--client-certificate "${PKI_DIR}/kube-controller-manager.crt" \
 		--client-key "${PKI_DIR}/kube-controller-manager.key" --embed-certs
@@ -382,8 +393,6 @@ refresh_controller_token_if_old() {
 
 cmd_up() {
 	local started=${SECONDS}
-	mkdir -p "${LOG_DIR}" "${PID_DIR}"
-	chmod 700 "${STATE_DIR}"
 	if cluster_running; then
 		refresh_controller_token_if_old
 		log "already running (state: ${STATE_DIR})"
@@ -391,7 +400,10 @@ cmd_up() {
 	fi
 	require_manifests
 	umask 077
+	mkdir -p "${LOG_DIR}" "${PID_DIR}"
+	chmod 700 "${STATE_DIR}"
 	prepare_cluster_env
+	check_ports_free
 	ensure_pki
 	write_kubeconfig "${ADMIN_KUBECONFIG}" admin \
 		--client-certificate "${PKI_DIR}/admin.crt" --client-key "${PKI_DIR}/admin.key" --embed-certs
@@ -409,7 +421,7 @@ cmd_up() {
 }
 
 cmd_down() {
-	local keep=0 name port left=()
+	local keep=0 name port ports=() port_list=() left=()
 	case "${1:-}" in
 	--keep) keep=1 ;;
 	"") ;;
@@ -418,13 +430,21 @@ cmd_down() {
 	if [[ -f "${CLUSTER_ENV}" ]]; then
 		load_cluster_env
 		for name in podsim kube-controller-manager kube-apiserver etcd; do
+			if [[ -n "$(component_pid "${name}")" ]]; then
+				read -r -a port_list <<<"$(component_ports "${name}")"
+				ports+=("${port_list[@]}")
+			fi
 			stop_component "${name}"
 		done
-		for port in "${KCM_PORT}" "${APISERVER_PORT}" "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}"; do
+		for port in "${ports[@]}"; do
 			if port_in_use "${port}"; then left+=("${port}"); fi
 		done
 		((${#left[@]} == 0)) || die "still listening after stop on port(s) ${left[*]}: see 'ss -ltnp'"
-		log "stopped; no listener left on ports ${KCM_PORT} ${APISERVER_PORT} ${ETCD_CLIENT_PORT} ${ETCD_PEER_PORT}"
+		if ((${#ports[@]} > 0)); then
+			log "stopped; no listener left on ports ${ports[*]}"
+		else
+			log "nothing was running"
+		fi
 	else
 		log "no cluster state in ${STATE_DIR}: nothing to stop"
 	fi
@@ -474,7 +494,7 @@ main() {
 	[[ $# -gt 0 ]] && shift
 	case "${cmd}" in
 	up | down)
-		mkdir -p "${STATE_DIR}"
+		mkdir -p "$(dirname "${STATE_DIR}")"
 		# One up/down at a time per state dir.
 		exec 9>"${STATE_DIR}.lock"
 		flock -n 9 || die "another up/down is running on ${STATE_DIR}"
