@@ -31,8 +31,10 @@ STOP_TIMEOUT=20
 # kube-controller-manager controllers: what workloads need, nothing that
 # manages nodes or evicts pods (no node-lifecycle, node-ipam,
 # taint-eviction or pod-garbage-collector controllers): the simulated node
-# must keep its pods.
-KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller,statefulset-controller,replicaset-controller,deployment-controller,endpoints-controller,endpointslice-controller
+# must keep its pods. No endpoints / endpointslice controllers either: pod
+# addresses are loopback addresses, which Endpoints reject (nothing here
+# needs Service endpoints; nodes find each other through the status).
+KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller,statefulset-controller,replicaset-controller,deployment-controller
 
 log() { echo "local-cluster: $*" >&2; }
 die() {
@@ -155,6 +157,7 @@ load_cluster_env() {
 	[[ -f "${CLUSTER_ENV}" ]] || die "no cluster in ${STATE_DIR} (run '$0 up' first)"
 	# shellcheck source=/dev/null
 	source "${CLUSTER_ENV}"
+	POD_IP_PREFIX="${POD_IP_PREFIX:-127.1}"
 }
 
 # Fixes ports and binaries for this cluster: from the existing state if the
@@ -167,6 +170,7 @@ prepare_cluster_env() {
 		ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-23800}"
 		APISERVER_PORT="${BC_APISERVER_PORT:-16443}"
 		KCM_PORT="${BC_KCM_PORT:-16257}"
+		POD_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.1}"
 	fi
 	# Re-resolved on every start, so a rebuilt or removed cache is noticed.
 	# shellcheck source=lib/control-plane-bins.sh
@@ -175,6 +179,7 @@ prepare_cluster_env() {
 	{
 		printf 'ETCD_CLIENT_PORT=%q\nETCD_PEER_PORT=%q\n' "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}"
 		printf 'APISERVER_PORT=%q\nKCM_PORT=%q\n' "${APISERVER_PORT}" "${KCM_PORT}"
+		printf 'POD_IP_PREFIX=%q\n' "${POD_IP_PREFIX}"
 		printf 'BC_ETCD=%q\nBC_KUBE_APISERVER=%q\n' "${BC_ETCD}" "${BC_KUBE_APISERVER}"
 		printf 'BC_KUBE_CONTROLLER_MANAGER=%q\nBC_KUBECTL=%q\n' "${BC_KUBE_CONTROLLER_MANAGER}" "${BC_KUBECTL}"
 	} >"${CLUSTER_ENV}"
@@ -357,7 +362,8 @@ start_podsim() {
 	start_component podsim "${target_dir}/debug/podsim" \
 		--kubeconfig "${ADMIN_KUBECONFIG}" \
 		--node-name "${NODE_NAME}" \
-		--state-dir "${STATE_DIR}/podsim"
+		--state-dir "${STATE_DIR}/podsim" \
+		--ip-prefix "${POD_IP_PREFIX}"
 	wait_until podsim "Node ${NODE_NAME} Ready" \
 		kubectl_admin wait --for condition=Ready --timeout 1s "node/${NODE_NAME}"
 }
