@@ -15,6 +15,14 @@ cargo fmt --all -- --check
 step "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
+step "shellcheck"
+if ! command -v shellcheck >/dev/null; then
+	echo "installing shellcheck (Debian package)"
+	{ apt-get update -qq && apt-get install -y -qq shellcheck; } >/dev/null ||
+		{ echo "could not install shellcheck: apt-get install shellcheck" >&2; exit 1; }
+fi
+shellcheck -x scripts/*.sh scripts/lib/*.sh hack/btcd/build.sh .ci/run
+
 step "manifests/crd.yaml matches 'bitcoin-controller crd'"
 cargo run -q --bin bitcoin-controller -- crd | diff -u manifests/crd.yaml - ||
 	{ echo "manifests/crd.yaml is stale: run 'cargo run -- crd > manifests/crd.yaml'" >&2; exit 1; }
