@@ -46,7 +46,7 @@ rpc() {
 	printf 'user = "%s:%s"\n' "$RPC_USER" "$RPC_PASSWORD" |
 		curl -sS --fail-with-body -K - -H 'content-type: text/plain' \
 			--data-binary "{\"jsonrpc\":\"1.0\",\"id\":1,\"method\":\"$method\",\"params\":$params}" \
-			"http://$ip:18443/" | jq -c '.result'
+			"http://$ip:18443/" | jq -r '.result'
 }
 
 wait_until() {
