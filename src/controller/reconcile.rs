@@ -204,21 +204,15 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
         ..Mesh::default()
     };
     for outcome in connectivity::sync(&ctx.rpc, &creds.user, &creds.password, &ready).await {
-        for addr in &outcome.added {
-            ctx.recorder.publish(
-                net,
-                EventType::Normal,
-                "NodeAdded",
-                format!("{}: added peer {addr}", outcome.pod_name),
-            );
-        }
-        for addr in &outcome.removed {
-            ctx.recorder.publish(
-                net,
-                EventType::Normal,
-                "NodeRemoved",
-                format!("{}: removed peer {addr}", outcome.pod_name),
-            );
+        for (addrs, reason, verb) in [
+            (&outcome.added, "NodeAdded", "added"),
+            (&outcome.removed, "NodeRemoved", "removed"),
+        ] {
+            for addr in addrs {
+                let message = format!("{}: {verb} peer {addr}", outcome.pod_name);
+                ctx.recorder
+                    .publish(net, EventType::Normal, reason, message);
+            }
         }
         match outcome.result {
             Ok(report) => {

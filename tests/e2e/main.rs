@@ -8,7 +8,6 @@
 mod harness;
 mod secrets;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bitcoin_controller::api::BitcoinNetwork;
@@ -49,15 +48,8 @@ async fn create_mesh_and_propagate_blocks() {
     assert_eq!(svc.spec.unwrap().cluster_ip.as_deref(), Some("None"));
 
     // Status: 3 ready nodes with ordinal, IP, pod name and DNS name.
-    let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
-    let (status, took) = wait_for("3 ready nodes in the status", CONVERGE, || async {
-        let n = nets.get("net").await.map_err(|e| e.to_string())?;
-        match n.status {
-            Some(s) if s.ready_nodes == 3 && s.nodes.len() == 3 => Ok(s),
-            other => Err(format!("{other:?}")),
-        }
-    })
-    .await;
+    let (status, took) =
+        wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
     report("create", "3 nodes ready in status", took);
     for (i, node) in status.nodes.iter().enumerate() {
         assert_eq!(node.ordinal, i as i32);
@@ -69,69 +61,26 @@ async fn create_mesh_and_propagate_blocks() {
         );
         assert!(node.ip.starts_with("127."), "{node:?}");
     }
-    let ips: Vec<String> = status.nodes.iter().map(|n| n.ip.clone()).collect();
+    let ips = ips(&status);
 
     // Every node has exactly the other two added, and is connected to them.
     let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
-    let (_, took) = wait_for("full mesh", CONVERGE, || async {
-        let mut seen = BTreeMap::new();
-        for ip in &ips {
-            let mut want: Vec<String> = ips
-                .iter()
-                .filter(|o| *o != ip)
-                .map(|o| format!("{o}:18444"))
-                .collect();
-            want.sort();
-            let added = nodes.added_nodes(ip).await?;
-            let mut peers = nodes.peer_ips(ip).await?;
-            peers.retain(|p| p != ip);
-            let mut want_peers: Vec<String> = ips.iter().filter(|o| *o != ip).cloned().collect();
-            want_peers.sort();
-            if added != want || peers != want_peers {
-                seen.insert(ip.clone(), (added, peers));
-            }
-        }
-        if seen.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{seen:?}"))
-        }
-    })
-    .await;
-    report("create", "full mesh (added nodes and peers)", took);
+    report(
+        "create",
+        "full mesh (added nodes and peers)",
+        nodes.wait_for_mesh(&ips).await,
+    );
 
     // Scenario 2: 101 blocks mined on node 0 reach every node.
-    nodes
-        .call(
-            &ips[0],
-            "generatetoaddress",
-            vec![json!(101), json!(MINING_ADDRESS)],
-        )
-        .await
-        .expect("mine 101 blocks");
-    let tip = nodes
-        .call(&ips[0], "getbestblockhash", vec![])
-        .await
-        .expect("tip");
-    let (_, took) = wait_for("every node at the same tip", CONVERGE, || async {
-        let mut behind = Vec::new();
-        for ip in &ips {
-            let info = nodes.call(ip, "getblockchaininfo", vec![]).await?;
-            if info["bestblockhash"] != tip || info["blocks"] != 101 {
-                behind.push(format!(
-                    "{ip}: {} {}",
-                    info["blocks"], info["bestblockhash"]
-                ));
-            }
-        }
-        if behind.is_empty() {
-            Ok(())
-        } else {
-            Err(behind.join(", "))
-        }
-    })
-    .await;
-    report("propagation", "101 blocks on every node", took);
+    let tip = nodes.mine(&ips[0], 101).await;
+    report(
+        "propagation",
+        "101 blocks on every node",
+        nodes.wait_for_tip(&ips, &tip).await,
+    );
+    for ip in &ips {
+        assert_eq!(nodes.call(ip, "getblockcount", vec![]).await.unwrap(), 101);
+    }
 
     ns.delete().await;
 }
