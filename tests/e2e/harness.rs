@@ -71,7 +71,14 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
+    /// Starts the controller logging at debug level (or `$E2E_CONTROLLER_LOG`).
     pub fn start(name: &str, extra_args: &[&str]) -> Self {
+        let level = std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "debug".into());
+        Self::start_logging(name, extra_args, &level)
+    }
+
+    /// Starts the controller with `RUST_LOG=<rust_log>`.
+    pub fn start_logging(name: &str, extra_args: &[&str], rust_log: &str) -> Self {
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
@@ -80,10 +87,7 @@ impl ControllerProcess {
             .arg("--kubeconfig")
             .arg(controller_kubeconfig())
             .args(with_defaults(extra_args))
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_CONTROLLER_LOG").unwrap_or_else(|_| "debug".into()),
-            )
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -92,9 +96,7 @@ impl ControllerProcess {
         println!("controller log: {}", log.display());
         ControllerProcess { child, log }
     }
-}
 
-impl ControllerProcess {
     /// Everything the controller has logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).expect("controller log")
