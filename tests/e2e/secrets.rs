@@ -216,12 +216,17 @@ async fn user_secret_and_rotation() {
         "every pod rolled to the new configuration",
         CONVERGE,
         || async {
-            let now = uids(
-                pods.list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .items,
-            );
+            let list = pods
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
+            let mut pod_ips: Vec<String> = list
+                .iter()
+                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                .collect();
+            pod_ips.sort();
+            let fresh = uids(list).iter().filter(|u| !before.contains(u)).count();
             let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
             let s = nets
                 .get("net")
@@ -229,13 +234,14 @@ async fn user_secret_and_rotation() {
                 .map_err(|e| e.to_string())?
                 .status
                 .unwrap_or_default();
-            if now.len() == 3 && now.iter().all(|u| !before.contains(u)) && all_ready(3)(&s) {
+            let mut status_ips = ips(&s);
+            status_ips.sort();
+            // The status must describe the new pods, not the ones just replaced.
+            if fresh == 3 && all_ready(3)(&s) && status_ips == pod_ips {
                 Ok(s)
             } else {
                 Err(format!(
-                    "{} of 3 pods new, {} ready",
-                    now.iter().filter(|u| !before.contains(u)).count(),
-                    s.ready_nodes
+                    "{fresh} of 3 pods new; status {status_ips:?}, pods {pod_ips:?}"
                 ))
             }
         },
