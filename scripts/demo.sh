@@ -79,7 +79,7 @@ all_at_height() {
 	for ip in "${IPS[@]}"; do
 		h=$(rpc "$ip" getblockcount) || h="?"
 		heights+=("$h")
-		[[ "$h" == "$BLOCKS" ]] || ok=1
+		[[ "$h" == "$TARGET" ]] || ok=1
 	done
 	echo "heights: ${heights[*]}"
 	return $ok
@@ -110,9 +110,11 @@ up() {
 	RPC_PASSWORD=$(kubectl get secret "$NETWORK" -o jsonpath='{.data.BC_RPC_PASSWORD}' | base64 -d)
 	mapfile -t IPS < <(kubectl get bitcoinnetwork "$NETWORK" -o json | jq -r '.status.nodes | sort_by(.ordinal) | .[].ip')
 
+	# A network left by an earlier run already has blocks: mine on top.
+	TARGET=$(($(rpc "${IPS[0]}" getblockcount) + BLOCKS))
 	say "mining $BLOCKS blocks on node 0 (${IPS[0]})"
 	rpc "${IPS[0]}" generatetoaddress "[$BLOCKS, \"$MINING_ADDRESS\"]" >/dev/null
-	wait_until "every node at height $BLOCKS" all_at_height
+	wait_until "every node at height $TARGET" all_at_height
 
 	for i in "${!IPS[@]}"; do
 		say "node $i (${IPS[$i]}): height $(rpc "${IPS[$i]}" getblockcount), best block $(rpc "${IPS[$i]}" getbestblockhash)"
