@@ -8,4 +8,5 @@ pub mod api;
 pub mod bitcoin;
 pub mod controller;
 pub mod informer;
+pub mod metrics;
 pub mod workqueue;
