@@ -9,4 +9,5 @@ pub mod bitcoin;
 pub mod controller;
 pub mod informer;
 pub mod metrics;
+pub mod server;
 pub mod workqueue;

@@ -235,7 +235,7 @@ impl Metrics {
             ReconcileResult::Error,
         ] {
             // Present (at 0) from the start, so rates work before the first error.
-            reconciles.get_or_create(&ResultLabels {
+            let _ = reconciles.get_or_create(&ResultLabels {
                 result: result.label(),
             });
         }
