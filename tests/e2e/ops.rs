@@ -11,8 +11,7 @@ use std::collections::BTreeMap;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkStatus, GROUP, VERSION};
@@ -23,6 +22,7 @@ use kube_client::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube_client::{Api, Client};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use crate::harness::*;
 
@@ -617,11 +617,12 @@ async fn ops_metrics_move_with_reconciles() {
     ns.delete().await;
 }
 
-/// Forwards TCP connections to `upstream` while open; while closed it
-/// accepts and drops them, like an API server that is not there yet.
+/// Forwards TCP connections to `upstream` while open. While closed it
+/// accepts and drops new connections, and closing it cuts the forwarded
+/// ones: like an API server that is not (or no longer) reachable.
 struct Gate {
     port: u16,
-    open: Arc<AtomicBool>,
+    open: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -629,18 +630,23 @@ impl Gate {
     async fn start(upstream: String) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(AtomicBool::new(false));
+        let (open, _) = watch::channel(false);
         let task = tokio::spawn({
             let open = open.clone();
             async move {
                 while let Ok((mut inbound, _)) = listener.accept().await {
-                    if !open.load(Ordering::SeqCst) {
+                    if !*open.borrow() {
                         continue; // dropped: connection closed
                     }
                     let upstream = upstream.clone();
+                    let mut closed = open.subscribe();
                     tokio::spawn(async move {
-                        if let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await {
-                            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                        let Ok(mut out) = tokio::net::TcpStream::connect(&upstream).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                            _ = closed.wait_for(|open| !*open) => {}
                         }
                     });
                 }
@@ -648,42 +654,57 @@ impl Gate {
         });
         Self { port, open, task }
     }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+
+    /// A copy of the controller's kubeconfig that reaches the API server
+    /// through this gate.
+    fn kubeconfig(&self, name: &str) -> PathBuf {
+        let (text, upstream) = controller_kubeconfig();
+        let path =
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("ops-{name}.kubeconfig"));
+        std::fs::write(
+            &path,
+            text.replace(
+                &format!("https://{upstream}"),
+                &format!("https://127.0.0.1:{}", self.port),
+            ),
+        )
+        .unwrap();
+        path
+    }
 }
 
 impl Drop for Gate {
     fn drop(&mut self) {
+        self.set_open(false);
         self.task.abort();
     }
+}
+
+/// The controller's kubeconfig and its API server's `host:port`.
+fn controller_kubeconfig() -> (String, String) {
+    let path = std::env::var("BC_CONTROLLER_KUBECONFIG").expect("BC_CONTROLLER_KUBECONFIG");
+    let text = std::fs::read_to_string(path).unwrap();
+    let upstream = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server:"))
+        .expect("server in kubeconfig")
+        .trim()
+        .trim_start_matches("https://")
+        .trim_end_matches('/')
+        .to_owned();
+    (text, upstream)
 }
 
 /// `/readyz` answers 503 while the caches cannot sync (the API server is
 /// unreachable) and 200 once they have; `/healthz` is 200 throughout.
 #[tokio::test]
 async fn ops_readyz_is_503_until_caches_sync() {
-    let kubeconfig = std::env::var("BC_CONTROLLER_KUBECONFIG").expect("BC_CONTROLLER_KUBECONFIG");
-    let text = std::fs::read_to_string(&kubeconfig).unwrap();
-    let server_line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with("server:"))
-        .expect("server in kubeconfig");
-    let upstream = server_line
-        .trim()
-        .trim_start_matches("server:")
-        .trim()
-        .trim_start_matches("https://")
-        .trim_end_matches('/')
-        .to_owned();
-    let gate = Gate::start(upstream.clone()).await;
-    let gated = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ops-gated.kubeconfig");
-    std::fs::write(
-        &gated,
-        text.replace(
-            &format!("https://{upstream}"),
-            &format!("https://127.0.0.1:{}", gate.port),
-        ),
-    )
-    .unwrap();
-
+    let gate = Gate::start(controller_kubeconfig().1).await;
+    let gated = gate.kubeconfig("readyz");
     let controller = Controller::start_with_kubeconfig("readyz", &gated, &[]);
     let started = Instant::now();
     let (body, _) = wait_for(
@@ -711,7 +732,7 @@ async fn ops_readyz_is_503_until_caches_sync() {
         "failed lists are counted"
     );
 
-    gate.open.store(true, Ordering::SeqCst);
+    gate.set_open(true);
     let opened = Instant::now();
     let took = controller.wait_ready().await;
     say(
@@ -876,4 +897,42 @@ async fn ops_sigterm_releases_the_lease_and_exits_zero() {
     assert_eq!(spec.holder_identity, None, "released: no holder");
     assert_eq!(spec.lease_duration_seconds, Some(1));
     println!("Lease after the last SIGTERM: {spec:?}");
+}
+
+/// A leader that can no longer reach the API server gives up within the
+/// renew deadline (10 s) and exits non-zero, before its lease expires for
+/// the standby (15 s after the last renewal it saw): never two leaders.
+#[tokio::test]
+async fn ops_leader_that_cannot_renew_exits_before_the_standby_takes_over() {
+    let admin = admin_client().await;
+    delete_lease(&admin).await;
+    let gate = Gate::start(controller_kubeconfig().1).await;
+    gate.set_open(true);
+    let mut a =
+        Controller::start_with_kubeconfig("cut-a", &gate.kubeconfig("cut-a"), &["--leader-elect"]);
+    let a_id = a.identity().await;
+    wait_for_holder(&admin, &a_id, CONVERGE).await;
+    let b = Controller::start("cut-b", &["--leader-elect"]);
+    let b_id = b.identity().await;
+    wait_for("b to stand by", CONVERGE, || async {
+        if b.log_text().contains(&format!("held by {a_id}")) {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    })
+    .await;
+
+    gate.set_open(false);
+    let cut = Instant::now();
+    let status = a.wait_exit(Duration::from_secs(60)).await;
+    let a_exited = cut.elapsed();
+    say("cut off: leader gave up and exited", a_exited);
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(a.log_text().contains("leader election lost"), "a says why");
+    assert_eq!(holder(&lease(&admin).await), a_id, "a could not release it");
+    wait_for_holder(&admin, &b_id, Duration::from_secs(60)).await;
+    let b_leads = cut.elapsed();
+    say("cut off: standby holds the Lease", b_leads);
+    assert!(a_exited < b_leads, "a stopped before b took over");
 }
