@@ -67,6 +67,7 @@ pub struct Options {
         global = true,
         default_value_t = false,
         num_args = 0..=1,
+        require_equals = true,
         default_missing_value = "true",
         action = clap::ArgAction::Set
     )]
@@ -390,5 +391,63 @@ async fn worker(ctx: Arc<Context>, queue: WorkQueue<ObjectKey>, metrics: Metrics
             }
         }
         queue.done(&key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        opts: Options,
+    }
+
+    fn parse(args: &[&str]) -> Options {
+        Cli::try_parse_from(std::iter::once("bitcoin-controller").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .opts
+    }
+
+    #[test]
+    fn operations_flags_follow_controller_runtime() {
+        let o = parse(&[]);
+        assert_eq!(
+            o.metrics_bind_address.0,
+            Some("0.0.0.0:8080".parse().unwrap())
+        );
+        assert_eq!(
+            o.health_probe_bind_address.0,
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
+        assert!(!o.leader_elect);
+        assert_eq!(o.leader_election_namespace, None);
+        assert_eq!(o.leader_election_id, "bitcoin-controller");
+
+        let o = parse(&[
+            "--metrics-bind-address=0",
+            "--health-probe-bind-address",
+            "127.0.0.1:9000",
+            "--leader-elect",
+            "--leader-election-namespace=ops",
+            "--leader-election-id=other",
+        ]);
+        assert_eq!(o.metrics_bind_address.0, None);
+        assert_eq!(
+            o.health_probe_bind_address.0,
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        assert!(o.leader_elect);
+        assert_eq!(o.leader_election_namespace.as_deref(), Some("ops"));
+        assert_eq!(o.leader_election_id, "other");
+
+        assert!(parse(&["--leader-elect=true"]).leader_elect);
+        assert!(!parse(&["--leader-elect=false"]).leader_elect);
+        assert!(Cli::try_parse_from(["x", "--metrics-bind-address=8080"]).is_err());
+        // As with Go's boolean flags, a value needs `=`: a following word is
+        // not taken as the value.
+        assert!(Cli::try_parse_from(["x", "--leader-elect", "false"]).is_err());
     }
 }
