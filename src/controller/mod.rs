@@ -257,19 +257,19 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
     });
 
     log::info!("waiting for caches to sync");
-    let mut lead = wait_for_cache_sync(&synced, &stop).await;
-    if lead {
+    let mut run_workers = wait_for_cache_sync(&synced, &stop).await;
+    if run_workers {
         log::info!("caches synced");
         if !*leading.borrow() {
             log::info!("waiting to become leader");
         }
-        lead = tokio::select! {
+        run_workers = tokio::select! {
             _ = stop.cancelled() => false,
             _ = leading.wait_for(|leading| *leading) => true,
             lost = lost_lease(&mut election) => return Err(lost.into()),
         };
     }
-    if lead {
+    if run_workers {
         metrics.set_leader(true);
         log::info!("starting {} workers", opts.workers);
         let mut workers = tokio::task::JoinSet::new();
