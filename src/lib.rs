@@ -8,4 +8,7 @@ pub mod api;
 pub mod bitcoin;
 pub mod controller;
 pub mod informer;
+pub mod leader;
+pub mod metrics;
+pub mod server;
 pub mod workqueue;

@@ -5,8 +5,9 @@
 use super::{BitcoinNetworkSpec, BitcoinNetworkStatus, GROUP, KIND, PLURAL, VERSION};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
-    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceStatus,
-    CustomResourceSubresources, CustomResourceValidation, JSONSchemaProps,
+    CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceScale,
+    CustomResourceSubresourceStatus, CustomResourceSubresources, CustomResourceValidation,
+    JSONSchemaProps,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::schema::StructuralSchemaRewriter;
@@ -30,6 +31,26 @@ fn schema_of<T: JsonSchema>() -> Value {
     value
 }
 
+/// JSON path of the label selector the scale subresource reports.
+pub const SELECTOR_PATH: &str = ".status.selector";
+
+/// The status schema, with `selector` (the scale subresource's label
+/// selector, a string such as `<NETWORK_LABEL>=<name>`) added if the Rust
+/// type does not have it yet.
+fn status_schema() -> Value {
+    let mut status = schema_of::<BitcoinNetworkStatus>();
+    if let Some(props) = status["properties"].as_object_mut() {
+        props.entry("selector").or_insert_with(|| {
+            json!({
+                "type": "string",
+                "description": "Label selector of the network's pods, in string form \
+                                (for the scale subresource and HorizontalPodAutoscalers).",
+            })
+        });
+    }
+    status
+}
+
 /// The CustomResourceDefinition for `BitcoinNetwork`.
 pub fn crd() -> CustomResourceDefinition {
     let schema: JSONSchemaProps = serde_json::from_value(json!({
@@ -38,7 +59,7 @@ pub fn crd() -> CustomResourceDefinition {
         "required": ["spec"],
         "properties": {
             "spec": schema_of::<BitcoinNetworkSpec>(),
-            "status": schema_of::<BitcoinNetworkStatus>(),
+            "status": status_schema(),
         },
     }))
     .expect("generated schema is valid JSONSchemaProps");
@@ -77,7 +98,12 @@ pub fn crd() -> CustomResourceDefinition {
                 }),
                 subresources: Some(CustomResourceSubresources {
                     status: Some(CustomResourceSubresourceStatus(json!({}))),
-                    scale: None,
+                    // `kubectl scale bitcoinnetwork/N --replicas=M` sets spec.nodes.
+                    scale: Some(CustomResourceSubresourceScale {
+                        spec_replicas_path: ".spec.nodes".into(),
+                        status_replicas_path: ".status.readyNodes".into(),
+                        label_selector_path: Some(SELECTOR_PATH.into()),
+                    }),
                 }),
                 additional_printer_columns: Some(vec![
                     column("Nodes", "integer", ".spec.nodes", "Desired number of nodes"),
@@ -86,6 +112,18 @@ pub fn crd() -> CustomResourceDefinition {
                         "integer",
                         ".status.readyNodes",
                         "Nodes whose pod is Ready",
+                    ),
+                    column(
+                        "Blocks",
+                        "integer",
+                        ".status.nodes[0].blocks",
+                        "Block height node 0 last reported",
+                    ),
+                    column(
+                        "Status",
+                        "string",
+                        ".status.conditions[?(@.type==\"Ready\")].reason",
+                        "Reason of the Ready condition",
                     ),
                     column(
                         "Age",
@@ -136,6 +174,51 @@ mod tests {
             .unwrap()
             .status
             .is_some());
+    }
+
+    #[test]
+    fn scale_subresource_and_printer_columns() {
+        let crd = crd();
+        let version = &crd.spec.versions[0];
+        let scale = version
+            .subresources
+            .as_ref()
+            .unwrap()
+            .scale
+            .as_ref()
+            .unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.nodes");
+        assert_eq!(scale.status_replicas_path, ".status.readyNodes");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+        // Every path the scale subresource names is in the schema, with the
+        // type the API server requires.
+        let s = schema();
+        assert_eq!(
+            s["properties"]["spec"]["properties"]["nodes"]["type"],
+            "integer"
+        );
+        let status = &s["properties"]["status"]["properties"];
+        assert_eq!(status["readyNodes"]["type"], "integer");
+        assert_eq!(status["selector"]["type"], "string");
+        let columns: Vec<(&str, &str)> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| (c.name.as_str(), c.json_path.as_str()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("Nodes", ".spec.nodes"),
+                ("Ready", ".status.readyNodes"),
+                ("Blocks", ".status.nodes[0].blocks"),
+                ("Status", ".status.conditions[?(@.type==\"Ready\")].reason"),
+                ("Age", ".metadata.creationTimestamp"),
+            ]
+        );
     }
 
     #[test]

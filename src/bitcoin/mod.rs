@@ -10,5 +10,5 @@ pub use config::{
 };
 pub use rpc::{
     AddedNodeAddress, AddedNodeInfo, BlockchainInfo, NetworkInfo, RpcClient, RpcConfig, RpcError,
-    RPC_NODE_ALREADY_ADDED, RPC_NODE_NOT_ADDED,
+    RpcMetrics, RPC_NODE_ALREADY_ADDED, RPC_NODE_NOT_ADDED,
 };

@@ -84,6 +84,19 @@ pub enum RpcError {
 }
 
 impl RpcError {
+    /// A short, fixed name of the kind of failure, for metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Connect(_) => "connect",
+            Self::Transport(_) => "transport",
+            Self::Unauthorized => "unauthorized",
+            Self::Http(_) => "http",
+            Self::Rpc { .. } => "rpc_error",
+            Self::Decode(_) => "decode",
+        }
+    }
+
     fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_timeout() {
             return Self::Timeout;
@@ -174,6 +187,16 @@ struct ReplyError {
     message: String,
 }
 
+/// Observes every RPC call an [`RpcClient`] makes (see
+/// [`RpcClient::with_metrics`]).
+pub trait RpcMetrics: Send + Sync {
+    /// `method` finished after `elapsed` with `outcome`: `"success"` or an
+    /// [`RpcError::kind`]. A JSON-RPC error that a typed call treats as
+    /// success (e.g. -23 for `addnode ... add`) is still `"rpc_error"` here:
+    /// it is what the node answered.
+    fn observe(&self, method: &str, outcome: &'static str, elapsed: Duration);
+}
+
 /// A JSON-RPC client for Bitcoin Core nodes. One client serves any number
 /// of nodes (each call names its [`RpcConfig`]); clones share one HTTP
 /// connection pool.
@@ -181,6 +204,7 @@ struct ReplyError {
 pub struct RpcClient {
     http: reqwest::Client,
     next_id: Arc<AtomicU64>,
+    metrics: Option<Arc<dyn RpcMetrics>>,
 }
 
 impl RpcClient {
@@ -203,7 +227,14 @@ impl RpcClient {
         Self {
             http,
             next_id: Arc::new(AtomicU64::new(1)),
+            metrics: None,
         }
+    }
+
+    /// The same client, reporting every call to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn RpcMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Calls `method` with `params` and returns its `result`.
@@ -212,6 +243,22 @@ impl RpcClient {
     /// unknown method) and the error in the body, so the body is read
     /// whatever the status; 401 comes with an empty body.
     pub async fn raw_request(
+        &self,
+        cfg: &RpcConfig,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, RpcError> {
+        let Some(metrics) = &self.metrics else {
+            return self.request(cfg, method, params).await;
+        };
+        let started = std::time::Instant::now();
+        let result = self.request(cfg, method, params).await;
+        let outcome = result.as_ref().map_or_else(RpcError::kind, |_| "success");
+        metrics.observe(method, outcome, started.elapsed());
+        result
+    }
+
+    async fn request(
         &self,
         cfg: &RpcConfig,
         method: &str,
@@ -626,6 +673,44 @@ mod tests {
             took >= Duration::from_millis(200) && took < Duration::from_secs(2),
             "{took:?}"
         );
+    }
+
+    #[derive(Default)]
+    struct Observed(Mutex<Vec<(String, &'static str)>>);
+
+    impl RpcMetrics for Observed {
+        fn observe(&self, method: &str, outcome: &'static str, elapsed: Duration) {
+            assert!(elapsed < Duration::from_secs(5));
+            self.0.lock().unwrap().push((method.to_owned(), outcome));
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_see_every_call_with_its_outcome() {
+        let (addr, _) = serve(core).await;
+        let observed = Arc::new(Observed::default());
+        let c = client().with_metrics(observed.clone());
+        let cfg = cfg(addr);
+        c.get_network_info(&cfg).await.unwrap();
+        c.add_node(&cfg, "10.0.0.1").await.unwrap(); // -23: success for the caller
+        c.raw_request(&cfg, "nosuchmethod", vec![])
+            .await
+            .unwrap_err();
+        let refused = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        c.get_blockchain_info(&super::tests::cfg(refused))
+            .await
+            .unwrap_err();
+        let got = observed.0.lock().unwrap().clone();
+        let want: Vec<(String, &str)> = vec![
+            ("getnetworkinfo".into(), "success"),
+            ("addnode".into(), "rpc_error"),
+            ("nosuchmethod".into(), "rpc_error"),
+            ("getblockchaininfo".into(), "connect"),
+        ];
+        assert_eq!(got, want);
     }
 
     #[tokio::test]

@@ -52,6 +52,28 @@ pub trait EventHandler<K>: Send + Sync {
     fn on_delete(&self, obj: &Arc<K>);
 }
 
+/// Counters a reflector reports, one implementation per informer (so the
+/// implementation knows the resource). Every method defaults to doing
+/// nothing; they are called on the informer task, so keep them cheap.
+pub trait ReflectorMetrics: Send + Sync {
+    /// A complete list (every page) replaced the cache.
+    fn list(&self) {}
+    /// A watch call was made.
+    fn watch(&self) {}
+    /// The watch's resourceVersion was too old (410 Gone): listing again.
+    fn relist(&self) {}
+    /// A list or watch attempt failed and will be retried after a backoff.
+    fn failure(&self) {}
+    /// A watch event (added, modified, deleted; not bookmarks) arrived.
+    fn watch_event(&self) {}
+}
+
+/// Records nothing; the default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoopReflectorMetrics;
+
+impl ReflectorMetrics for NoopReflectorMetrics {}
+
 /// Whether an informer has completed its first list. Cheap to clone.
 #[derive(Clone)]
 pub struct SyncedFlag {
@@ -101,6 +123,7 @@ pub struct Informer<K> {
     idle_timeout: Duration,
     synced: SyncedFlag,
     kind: String,
+    metrics: Arc<dyn ReflectorMetrics>,
 }
 
 impl<K> Informer<K>
@@ -118,7 +141,15 @@ where
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             synced: SyncedFlag::new(),
             kind: K::kind(&()).into_owned(),
+            metrics: Arc::new(NoopReflectorMetrics),
         }
+    }
+
+    /// Reports the reflector's lists, watches, relists, failures and watch
+    /// events to `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<dyn ReflectorMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// How long the reflector waits for any one API response (a list page,

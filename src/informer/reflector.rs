@@ -112,6 +112,7 @@ where
                 None => match self.list().await {
                     Ok(rv) => resource_version.insert(rv),
                     Err(err) => {
+                        self.metrics.failure();
                         let delay = backoff.delay();
                         warn!(
                             "{} informer: list failed, retrying in {delay:?}: {err}",
@@ -124,6 +125,7 @@ where
             };
             match self.watch(rv).await {
                 Next::Relist => {
+                    self.metrics.relist();
                     info!(
                         "{} informer: resourceVersion {rv} is too old, relisting",
                         self.kind
@@ -132,6 +134,7 @@ where
                 }
                 Next::Rewatch => {}
                 Next::Retry(err) => {
+                    self.metrics.failure();
                     let delay = backoff.delay();
                     warn!(
                         "{} informer: watch failed, retrying in {delay:?}: {err}",
@@ -163,6 +166,7 @@ where
             self.notify(&change);
         }
         self.synced.set();
+        self.metrics.list();
         info!(
             "{} informer: listed {count} objects at resourceVersion {resource_version}",
             self.kind
@@ -174,6 +178,7 @@ where
     async fn watch(&self, rv: &mut String) -> Next {
         let timeout_secs = WATCH_TIMEOUT_SECS + rand::random_range(0..WATCH_JITTER_SECS);
         debug!("{} informer: watching from resourceVersion {rv}", self.kind);
+        self.metrics.watch();
         let mut events = match timeout(self.idle_timeout, self.source.watch(rv, timeout_secs)).await
         {
             Err(_) => return Next::Retry(Failure::Timeout(self.idle_timeout)),
@@ -207,6 +212,7 @@ where
             seen_any = true;
             match event {
                 Ok(WatchEvent::Added(obj)) | Ok(WatchEvent::Modified(obj)) => {
+                    self.metrics.watch_event();
                     let obj = prepare(obj);
                     advance(rv, &*obj);
                     debug!(
@@ -218,6 +224,7 @@ where
                     self.notify(&change);
                 }
                 Ok(WatchEvent::Deleted(obj)) => {
+                    self.metrics.watch_event();
                     let obj = prepare(obj);
                     advance(rv, &*obj);
                     debug!(

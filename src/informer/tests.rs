@@ -117,9 +117,13 @@ struct Harness {
 }
 
 fn start(resync: Option<Duration>) -> Harness {
+    start_with_metrics(resync, Arc::new(NoopReflectorMetrics))
+}
+
+fn start_with_metrics(resync: Option<Duration>, metrics: Arc<dyn ReflectorMetrics>) -> Harness {
     let (calls_tx, calls) = mpsc::unbounded_channel();
     let (seen_tx, seen) = mpsc::unbounded_channel();
-    let mut informer = Informer::new(FakeSource(calls_tx), resync);
+    let mut informer = Informer::new(FakeSource(calls_tx), resync).with_metrics(metrics);
     informer.add_event_handler(Arc::new(Recorder(seen_tx)));
     let cancel = CancellationToken::new();
     Harness {
@@ -568,4 +572,77 @@ async fn wait_for_cache_sync_needs_all_flags_or_returns_false_on_cancel() {
     let setter = b.clone();
     tokio::spawn(async move { setter.set() });
     assert!(wait_for_cache_sync(&[a, b], &cancel).await);
+}
+
+#[derive(Default)]
+struct Counts {
+    lists: std::sync::atomic::AtomicUsize,
+    watches: std::sync::atomic::AtomicUsize,
+    relists: std::sync::atomic::AtomicUsize,
+    failures: std::sync::atomic::AtomicUsize,
+    events: std::sync::atomic::AtomicUsize,
+}
+
+impl Counts {
+    fn get(&self) -> [usize; 5] {
+        use std::sync::atomic::Ordering::SeqCst;
+        [
+            self.lists.load(SeqCst),
+            self.watches.load(SeqCst),
+            self.relists.load(SeqCst),
+            self.failures.load(SeqCst),
+            self.events.load(SeqCst),
+        ]
+    }
+}
+
+impl ReflectorMetrics for Counts {
+    fn list(&self) {
+        self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn watch(&self) {
+        self.watches
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn relist(&self) {
+        self.relists
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn failure(&self) {
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn watch_event(&self) {
+        self.events
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_lists_watches_relists_failures_and_events() {
+    let counts = Arc::new(Counts::default());
+    let mut h = start_with_metrics(None, counts.clone());
+    // [lists, watches, relists, failures, events]
+    let (_, reply) = h.expect_list().await;
+    reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    h.serve_list("1", vec![cm("a", "1")]).await;
+    h.seen(1).await;
+    assert_eq!(
+        counts.get(),
+        [1, 1, 0, 1, 0],
+        "the watch call follows at once"
+    );
+
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Ok(WatchEvent::Modified(cm("a", "2"))))
+        .unwrap();
+    feed.unbounded_send(Ok(WatchEvent::Deleted(cm("a", "3"))))
+        .unwrap();
+    feed.unbounded_send(Ok(bookmark("4"))).unwrap();
+    h.seen(2).await;
+    feed.unbounded_send(Ok(WatchEvent::Error(status(410, "Expired"))))
+        .unwrap();
+    h.serve_list("5", vec![]).await;
+    let (_, _, _reply) = h.expect_watch().await;
+    assert_eq!(counts.get(), [2, 2, 1, 1, 2], "bookmarks are not events");
 }

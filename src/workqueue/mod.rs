@@ -11,7 +11,7 @@ mod metrics;
 mod queue;
 mod rate_limiter;
 
-pub use metrics::{NoopMetrics, QueueMetrics};
+pub use metrics::{NoopMetrics, QueueMetrics, UnfinishedWork, UnfinishedWorkProbe};
 pub use queue::WorkQueue;
 pub use rate_limiter::{
     default_controller_rate_limiter, BucketRateLimiter, ItemExponentialFailureRateLimiter,

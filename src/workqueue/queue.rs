@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::metrics::{NoopMetrics, QueueMetrics};
+use super::metrics::{NoopMetrics, QueueMetrics, UnfinishedWork, UnfinishedWorkProbe};
 use super::rate_limiter::{default_controller_rate_limiter, RateLimiter};
 
 /// A work queue with the semantics of client-go's rate-limited queue, for
@@ -140,6 +140,18 @@ impl<T: Clone + Eq + Hash> State<T> {
         None
     }
 
+    /// The items held by workers at `now`.
+    fn unfinished_work(&self, now: Instant) -> UnfinishedWork {
+        let mut work = UnfinishedWork::default();
+        for &started in self.processing.values() {
+            let running = now.saturating_duration_since(started);
+            work.in_flight += 1;
+            work.total += running;
+            work.longest = work.longest.max(running);
+        }
+        work
+    }
+
     fn is_live(&self, timer: &Timer<T>) -> bool {
         self.waiting.get(&timer.item).map(|&(_, seq)| seq) == Some(timer.seq)
     }
@@ -165,7 +177,7 @@ where
         rl: impl RateLimiter<T> + 'static,
         metrics: impl QueueMetrics + 'static,
     ) -> Self {
-        Self {
+        let queue = Self {
             inner: Arc::new(Inner {
                 name: name.to_owned(),
                 state: Mutex::new(State {
@@ -182,7 +194,23 @@ where
                 limiter: Box::new(rl),
                 metrics: Box::new(metrics),
             }),
-        }
+        };
+        let weak = Arc::downgrade(&queue.inner);
+        queue
+            .inner
+            .metrics
+            .unfinished_work_probe(UnfinishedWorkProbe::new(move || {
+                let inner = weak.upgrade()?;
+                let st = inner.state.lock().unwrap_or_else(PoisonError::into_inner);
+                Some(st.unfinished_work(Instant::now()))
+            }));
+        queue
+    }
+
+    /// The items held by workers right now and how long they have been
+    /// processed (see [`UnfinishedWork`]).
+    pub fn unfinished_work(&self) -> UnfinishedWork {
+        self.state().unfinished_work(Instant::now())
     }
 
     fn state(&self) -> MutexGuard<'_, State<T>> {
@@ -637,6 +665,7 @@ mod tests {
         depth: AtomicUsize,
         waited_ms: AtomicUsize,
         worked_ms: AtomicUsize,
+        probe: Mutex<Option<UnfinishedWorkProbe>>,
     }
 
     impl QueueMetrics for Arc<Recorder> {
@@ -656,6 +685,9 @@ mod tests {
         }
         fn retry(&self) {
             self.retries.fetch_add(1, SeqCst);
+        }
+        fn unfinished_work_probe(&self, probe: UnfinishedWorkProbe) {
+            *self.probe.lock().unwrap() = Some(probe);
         }
     }
 
@@ -681,5 +713,43 @@ mod tests {
         assert_eq!(rec.worked_ms.load(SeqCst), 3);
         q.add_rate_limited("c");
         assert_eq!(rec.retries.load(SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn probe_measures_work_in_progress_until_the_queue_is_dropped() {
+        let rec = Arc::new(Recorder::default());
+        let q = WorkQueue::with_metrics(
+            "unfinished",
+            ItemExponentialFailureRateLimiter::new(5 * MS, Duration::from_secs(1)),
+            rec.clone(),
+        );
+        let measure = || rec.probe.lock().unwrap().as_ref().unwrap().measure();
+        assert_eq!(measure(), Some(UnfinishedWork::default()));
+        q.add("a");
+        q.add("b");
+        let a = q.get().await.unwrap();
+        tokio::time::sleep(30 * MS).await;
+        let b = q.get().await.unwrap();
+        tokio::time::sleep(10 * MS).await;
+        let want = UnfinishedWork {
+            in_flight: 2,
+            total: 50 * MS,
+            longest: 40 * MS,
+        };
+        assert_eq!(measure(), Some(want));
+        assert_eq!(q.unfinished_work(), want);
+        q.done(&a);
+        assert_eq!(
+            measure(),
+            Some(UnfinishedWork {
+                in_flight: 1,
+                total: 10 * MS,
+                longest: 10 * MS,
+            })
+        );
+        q.done(&b);
+        assert_eq!(measure(), Some(UnfinishedWork::default()));
+        drop(q);
+        assert_eq!(measure(), None, "the probe does not keep the queue alive");
     }
 }
