@@ -34,23 +34,6 @@ fn schema_of<T: JsonSchema>() -> Value {
 /// JSON path of the label selector the scale subresource reports.
 pub const SELECTOR_PATH: &str = ".status.selector";
 
-/// The status schema, with `selector` (the scale subresource's label
-/// selector, a string such as `<NETWORK_LABEL>=<name>`) added if the Rust
-/// type does not have it yet.
-fn status_schema() -> Value {
-    let mut status = schema_of::<BitcoinNetworkStatus>();
-    if let Some(props) = status["properties"].as_object_mut() {
-        props.entry("selector").or_insert_with(|| {
-            json!({
-                "type": "string",
-                "description": "Label selector of the network's pods, in string form \
-                                (for the scale subresource and HorizontalPodAutoscalers).",
-            })
-        });
-    }
-    status
-}
-
 /// The CustomResourceDefinition for `BitcoinNetwork`.
 pub fn crd() -> CustomResourceDefinition {
     let schema: JSONSchemaProps = serde_json::from_value(json!({
@@ -59,7 +42,7 @@ pub fn crd() -> CustomResourceDefinition {
         "required": ["spec"],
         "properties": {
             "spec": schema_of::<BitcoinNetworkSpec>(),
-            "status": status_schema(),
+            "status": schema_of::<BitcoinNetworkStatus>(),
         },
     }))
     .expect("generated schema is valid JSONSchemaProps");

@@ -133,6 +133,10 @@ pub struct BitcoinNetworkStatus {
     /// The metadata.generation this status was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Label selector of the network's pods, in string form (for the scale
+    /// subresource and autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// `Ready` (every node ready and connected), `Progressing` (nodes are
     /// starting, stopping or connecting) and `Degraded` (something needs the
     /// user: a missing Secret, a name conflict, nodes that do not answer).
@@ -205,6 +209,7 @@ mod tests {
             }],
             ready_nodes: 1,
             observed_generation: Some(2),
+            selector: None,
             conditions: vec![],
         };
         let v = serde_json::to_value(&status).unwrap();

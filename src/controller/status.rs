@@ -11,7 +11,7 @@ use crate::api::{
     BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, CONDITION_DEGRADED,
     CONDITION_PROGRESSING, CONDITION_READY,
 };
-use crate::controller::resources::{dns_name, statefulset_name};
+use crate::controller::resources::{dns_name, statefulset_name, NETWORK_LABEL};
 
 /// What one node reported during the last mesh sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -152,6 +152,7 @@ pub fn compute(
         ready_nodes: ready,
         nodes,
         observed_generation: net.metadata.generation,
+        selector: Some(format!("{NETWORK_LABEL}={}", net.name())),
         conditions: vec![
             condition(CONDITION_READY, is_ready, ready_reason, ready_message),
             condition(

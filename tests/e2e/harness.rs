@@ -55,7 +55,14 @@ async fn client_for(path: PathBuf) -> Client {
 /// `args` plus the harness's defaults for flags `args` does not set.
 fn with_defaults<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
-    for (flag, value) in [("--resync-period", "30s"), ("--rpc-timeout", "2s")] {
+    let defaults = [
+        ("--resync-period", "30s"),
+        ("--rpc-timeout", "2s"),
+        // No fixed ports: several controllers (and suites) run side by side.
+        ("--metrics-bind-address", "0"),
+        ("--health-probe-bind-address", "0"),
+    ];
+    for (flag, value) in defaults {
         if !args.contains(&flag) {
             all.extend([flag, value]);
         }
