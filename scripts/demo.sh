@@ -15,6 +15,8 @@ MINING_ADDRESS=bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080 # BIP 173 regtest ve
 TIMEOUT=${BC_DEMO_TIMEOUT:-300}
 PID_FILE="$BC_CLUSTER_DIR/pids/bitcoin-controller.pid"
 LOG_FILE="$BC_CLUSTER_DIR/logs/bitcoin-controller.log"
+METRICS=${BC_DEMO_METRICS:-127.0.0.1:18080}
+HEALTH=${BC_DEMO_HEALTH:-127.0.0.1:18081}
 
 say() { printf '\033[1mdemo:\033[0m %s\n' "$*"; }
 die() {
@@ -97,7 +99,8 @@ up() {
 	else
 		mkdir -p "$(dirname "$PID_FILE")" "$(dirname "$LOG_FILE")"
 		RUST_LOG=${RUST_LOG:-info} nohup "${CARGO_TARGET_DIR:-target}/debug/bitcoin-controller" \
-			--kubeconfig "$BC_CONTROLLER_KUBECONFIG" >"$LOG_FILE" 2>&1 &
+			--kubeconfig "$BC_CONTROLLER_KUBECONFIG" \
+			--metrics-bind-address "$METRICS" --health-probe-bind-address "$HEALTH" >"$LOG_FILE" 2>&1 &
 		echo $! >"$PID_FILE"
 		say "controller started under its ServiceAccount (pid $!, log $LOG_FILE)"
 	fi
@@ -130,6 +133,8 @@ Look around:
   kubectl scale statefulset ${NETWORK}-sts --replicas=5   # drift: put back to $NODES
   kubectl patch bitcoinnetwork $NETWORK --type merge -p '{"spec":{"nodes":4}}'
   tail -f $LOG_FILE
+  curl -s http://$METRICS/metrics | grep ^workqueue_     # metrics
+  curl -s http://$HEALTH/readyz                          # readiness
 
 Stop everything:
   scripts/demo.sh down
