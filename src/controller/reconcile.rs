@@ -358,7 +358,11 @@ where
         Some(have) if drifted(have, &wanted) => "Updated",
         Some(_) => return Ok(()),
     };
-    apply(ctx, net, &wanted).await?;
+    // Server-side apply: creates or updates, and `force` takes back fields
+    // another manager changed (e.g. a hand-scaled StatefulSet).
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&wanted)).await?;
     log::info!(
         "{}/{}: {} {kind} {name}",
         net.namespace(),
@@ -371,27 +375,6 @@ where
         reason,
         format!("{} {kind} {name}", reason.to_lowercase()),
     );
-    Ok(())
-}
-
-/// Server-side apply of an owned object (creates or updates; `force` takes
-/// back fields another manager changed, e.g. a hand-scaled StatefulSet).
-async fn apply<K>(ctx: &Context, net: &BitcoinNetwork, obj: &K) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
-    let name = obj.meta().name.as_deref().unwrap_or_default();
-    api.patch(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
     Ok(())
 }
 
