@@ -6,6 +6,7 @@ mod events;
 mod reconcile;
 pub mod resources;
 pub mod router;
+mod secrets;
 pub mod status;
 
 use std::net::SocketAddr;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use tokio::sync::watch;
@@ -32,6 +33,7 @@ use crate::workqueue::{default_controller_rate_limiter, WorkQueue};
 pub use events::{EventType, Recorder};
 pub use reconcile::{reconcile, Action, Error};
 pub use router::Router;
+pub use secrets::{SecretAccess, SecretCaches};
 
 /// Command-line options of `bitcoin-controller run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -112,7 +114,7 @@ pub struct Context {
     pub statefulsets: Lister<StatefulSet>,
     pub services: Lister<Service>,
     pub pods: Lister<Pod>,
-    pub secrets: Lister<Secret>,
+    pub secrets: SecretCaches,
     pub rpc: RpcClient,
     pub recorder: Recorder,
 }
@@ -160,7 +162,6 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
     let mut statefulsets = informer::<StatefulSet>(&client, ns, resync, &metrics);
     let mut services = informer::<Service>(&client, ns, resync, &metrics);
     let mut pods = informer::<Pod>(&client, ns, resync, &metrics);
-    let mut secrets = informer::<Secret>(&client, ns, resync, &metrics);
 
     let router = Arc::new(Router::new(
         queue.clone(),
@@ -171,15 +172,21 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
     statefulsets.add_event_handler(router.clone());
     services.add_event_handler(router.clone());
     pods.add_event_handler(router.clone());
-    secrets.add_event_handler(router);
 
+    let informer_stop = CancellationToken::new();
     let ctx = Arc::new(Context {
         client: client.clone(),
         networks: networks.lister(),
         statefulsets: statefulsets.lister(),
         services: services.lister(),
         pods: pods.lister(),
-        secrets: secrets.lister(),
+        secrets: SecretCaches::new(
+            client.clone(),
+            resync,
+            metrics.reflector("secrets"),
+            router,
+            informer_stop.clone(),
+        ),
         rpc: RpcClient::new(opts.rpc_timeout, opts.rpc_timeout).with_metrics(metrics.rpc()),
         recorder: Recorder::new(client.clone()),
     });
@@ -188,20 +195,13 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
         statefulsets.synced(),
         services.synced(),
         pods.synced(),
-        secrets.synced(),
     ];
     let health = Health::new(
-        [
-            "bitcoinnetworks",
-            "statefulsets",
-            "services",
-            "pods",
-            "secrets",
-        ]
-        .into_iter()
-        .zip(&synced)
-        .map(|(name, flag)| (name.to_owned(), sync_check(flag.clone())))
-        .collect(),
+        ["bitcoinnetworks", "statefulsets", "services", "pods"]
+            .into_iter()
+            .zip(&synced)
+            .map(|(name, flag)| (name.to_owned(), sync_check(flag.clone())))
+            .collect(),
     );
 
     // Bind before anything else starts, so a taken port fails at once.
@@ -228,13 +228,11 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
             stop.cancel();
         }
     });
-    let informer_stop = CancellationToken::new();
     let mut informers = tokio::task::JoinSet::new();
     informers.spawn(networks.run(informer_stop.clone()));
     informers.spawn(statefulsets.run(informer_stop.clone()));
     informers.spawn(services.run(informer_stop.clone()));
     informers.spawn(pods.run(informer_stop.clone()));
-    informers.spawn(secrets.run(informer_stop.clone()));
 
     // Without leader election this process leads from the start. With it,
     // the campaign runs while the caches fill, and a standby keeps its

@@ -23,8 +23,8 @@ use crate::controller::resources::{
     self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY,
 };
 use crate::controller::status::{self, NodeReport, Problem};
-use crate::controller::{Context, EventType};
-use crate::informer::ObjectKey;
+use crate::controller::{Context, EventType, SecretAccess};
+use crate::informer::{Lister, ObjectKey};
 
 /// Field manager of the controller's server-side applies.
 const FIELD_MANAGER: &str = "bitcoin-controller";
@@ -45,6 +45,9 @@ pub enum Error {
     /// Something the user has to fix; also in the status and an Event.
     #[error("{}: {}", .0.reason, .0.message)]
     Blocked(Problem),
+    /// A cache the reconcile needs is still filling; retried with backoff.
+    #[error("{0}")]
+    CacheNotSynced(String),
 }
 
 /// RPC credentials of a network (never logged: no Debug).
@@ -57,6 +60,9 @@ struct Credentials {
 pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
     let Some(net) = ctx.networks.get(&key.namespace, &key.name) else {
         log::debug!("{key}: network is gone, nothing to do");
+        if ctx.networks.list_namespaced(&key.namespace).is_empty() {
+            ctx.secrets.release(&key.namespace);
+        }
         return Ok(Action::Done);
     };
     if net.metadata.deletion_timestamp.is_some() {
@@ -127,9 +133,13 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
                 problem.reason,
                 problem.message.clone(),
             );
-            // A Secret that appears or changes brings the network back
-            // through its own events; everything else is retried with backoff.
-            if matches!(problem.reason, SECRET_NOT_FOUND | SECRET_INVALID) {
+            // A Secret that appears or changes, or a Secret cache that syncs,
+            // brings the network back through its own events; everything else
+            // is retried with backoff.
+            if matches!(
+                problem.reason,
+                SECRET_NOT_FOUND | SECRET_INVALID | SECRET_ACCESS_DENIED
+            ) {
                 Ok(Action::Done)
             } else {
                 Err(Error::Blocked(problem))
@@ -140,6 +150,9 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
 
 const SECRET_NOT_FOUND: &str = "SecretNotFound";
 const SECRET_INVALID: &str = "SecretInvalid";
+const SECRET_ACCESS_DENIED: &str = "SecretAccessDenied";
+/// How long a reconcile waits for a namespace's first Secret list.
+const SECRET_CACHE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What the mesh sync found.
 #[derive(Default)]
@@ -169,8 +182,9 @@ impl Mesh {
 /// Makes the owned objects match the network and syncs the mesh.
 async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<Mesh, Error> {
     let ns = net.namespace();
-    let creds = credentials(ctx, net).await?;
-    let config_hash = ensure_config(ctx, net, &creds).await?;
+    let secrets = secret_cache(ctx, ns).await?;
+    let creds = credentials(ctx, &secrets, net).await?;
+    let config_hash = ensure_config(ctx, &secrets, net, &creds).await?;
     ensure(
         ctx,
         net,
@@ -236,12 +250,36 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
     Ok(mesh)
 }
 
+/// The Secret cache of namespace `ns`, once synced.
+async fn secret_cache(ctx: &Context, ns: &str) -> Result<Lister<Secret>, Error> {
+    match ctx.secrets.access(ns, SECRET_CACHE_PATIENCE).await {
+        SecretAccess::Ready(lister) => Ok(lister),
+        SecretAccess::Denied(refusal) => Err(Error::Blocked(Problem {
+            reason: SECRET_ACCESS_DENIED,
+            message: format!(
+                "the controller may not read Secrets in namespace {ns}: bind the ClusterRole \
+                 bitcoin-controller-secrets to its ServiceAccount there (kubectl create rolebinding \
+                 bitcoin-controller-secrets -n {ns} --clusterrole=bitcoin-controller-secrets \
+                 --serviceaccount=bitcoin-controller:bitcoin-controller); the API server said: {refusal}"
+            ),
+        })),
+        SecretAccess::Pending(failure) => Err(Error::CacheNotSynced(format!(
+            "the Secret cache of namespace {ns} has not synced yet{}",
+            failure.map(|f| format!(" (last list: {f})")).unwrap_or_default()
+        ))),
+    }
+}
+
 /// Reads the network's RPC credentials, creating the generated Secret when
 /// `spec.secret` is empty.
-async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Credentials, Error> {
+async fn credentials(
+    ctx: &Context,
+    secrets: &Lister<Secret>,
+    net: &BitcoinNetwork,
+) -> Result<Credentials, Error> {
     let ns = net.namespace();
     let name = resources::credentials_secret_name(net);
-    let secret = match ctx.secrets.get(ns, &name) {
+    let secret = match secrets.get(ns, &name) {
         Some(secret) => secret,
         None if resources::generates_credentials(net) => {
             let user = format!("rpc-{}", &random_password()[..8].to_lowercase());
@@ -299,11 +337,12 @@ async fn credentials(ctx: &Context, net: &BitcoinNetwork) -> Result<Credentials,
 /// credentials do.
 async fn ensure_config(
     ctx: &Context,
+    secrets: &Lister<Secret>,
     net: &BitcoinNetwork,
     creds: &Credentials,
 ) -> Result<String, Error> {
     let name = resources::config_secret_name(net);
-    let existing = ctx.secrets.get(net.namespace(), &name);
+    let existing = secrets.get(net.namespace(), &name);
     let existing_conf = existing
         .as_deref()
         .and_then(|s| secret_value(s, CONFIG_KEY));

@@ -81,6 +81,13 @@ impl Router {
             .then(|| ObjectKey::new(namespace, &owner.name))
     }
 
+    /// Queues every network of `namespace`.
+    pub fn enqueue_namespace(&self, namespace: &str) {
+        for net in self.networks.list_namespaced(namespace) {
+            self.queue.add(ObjectKey::new(namespace, net.name()));
+        }
+    }
+
     fn enqueue<K: Resource<DynamicType = ()>>(&self, obj: &K) {
         let meta = obj.meta();
         if K::kind(&()) == KIND {
@@ -302,5 +309,20 @@ mod tests {
         queue.done(&key);
         EventHandler::<Pod>::on_delete(&r, &pod("2"));
         assert_eq!(queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn enqueue_namespace_queues_every_network_there() {
+        let (r, queue) = router();
+        r.enqueue_namespace("elsewhere");
+        assert_eq!(queue.len(), 0);
+        r.enqueue_namespace("ns");
+        let mut got = vec![queue.get().await.unwrap(), queue.get().await.unwrap()];
+        got.sort();
+        assert_eq!(
+            got,
+            [ObjectKey::new("ns", "net"), ObjectKey::new("ns", "other")]
+        );
+        assert_eq!(queue.len(), 0);
     }
 }

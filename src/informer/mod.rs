@@ -74,21 +74,48 @@ pub struct NoopReflectorMetrics;
 
 impl ReflectorMetrics for NoopReflectorMetrics {}
 
-/// Whether an informer has completed its first list. Cheap to clone.
+/// Why the latest list failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFailure {
+    /// The API server refused the list (403): the credentials lack the right.
+    pub forbidden: bool,
+    pub message: String,
+}
+
+/// Whether an informer has completed its first list, and why the latest list
+/// failed if it did. Cheap to clone.
 #[derive(Clone)]
 pub struct SyncedFlag {
     tx: Arc<watch::Sender<bool>>,
+    list_failure: Arc<std::sync::Mutex<Option<ListFailure>>>,
 }
 
 impl SyncedFlag {
     fn new() -> Self {
         Self {
             tx: Arc::new(watch::Sender::new(false)),
+            list_failure: Arc::default(),
         }
     }
 
     fn set(&self) {
+        *self.lock_failure() = None;
         self.tx.send_replace(true);
+    }
+
+    fn set_list_failure(&self, failure: ListFailure) {
+        *self.lock_failure() = Some(failure);
+    }
+
+    fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<ListFailure>> {
+        self.list_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Why the latest list failed; `None` once a list succeeded.
+    pub fn list_failure(&self) -> Option<ListFailure> {
+        self.lock_failure().clone()
     }
 
     /// True once the cache holds a full list; it stays true.

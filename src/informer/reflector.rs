@@ -12,7 +12,7 @@ use log::{debug, info, warn};
 use serde::de::DeserializeOwned;
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Informer, ObjectKey};
+use super::{Informer, ListFailure, ObjectKey};
 
 /// Objects per list page.
 pub(super) const PAGE_SIZE: u32 = 500;
@@ -113,6 +113,10 @@ where
                     Ok(rv) => resource_version.insert(rv),
                     Err(err) => {
                         self.metrics.failure();
+                        self.synced.set_list_failure(ListFailure {
+                            forbidden: matches!(&err, Failure::Api(kube_client::Error::Api(s)) if s.code == 403),
+                            message: err.to_string(),
+                        });
                         let delay = backoff.delay();
                         warn!(
                             "{} informer: list failed, retrying in {delay:?}: {err}",

@@ -504,6 +504,27 @@ async fn list_errors_back_off_with_growing_jittered_delays() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn list_failures_are_visible_until_a_list_succeeds() {
+    let mut h = start(None);
+    assert_eq!(h.synced.list_failure(), None);
+    let (_, reply) = h.expect_list().await;
+    reply.send(Err(api_error(403, "Forbidden"))).unwrap();
+    let (_, reply) = h.expect_list().await;
+    let failure = h.synced.list_failure().expect("a failure after a 403");
+    assert!(failure.forbidden, "{failure:?}");
+    assert!(failure.message.contains("Forbidden"), "{failure:?}");
+
+    reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    let (_, reply) = h.expect_list().await;
+    let failure = h.synced.list_failure().expect("a failure after a 500");
+    assert!(!failure.forbidden, "{failure:?}");
+
+    reply.send(Ok(page("1", vec![], None))).unwrap();
+    h.synced.wait().await;
+    assert_eq!(h.synced.list_failure(), None);
+}
+
+#[tokio::test(start_paused = true)]
 async fn watch_errors_back_off_then_rewatch() {
     let mut h = start(None);
     h.serve_list("1", vec![]).await;

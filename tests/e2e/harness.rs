@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkSpec};
 use bitcoin_controller::bitcoin::{RpcClient, RpcConfig, RPC_PORT};
 use bitcoin_controller::controller::resources::{secret_value, PASSWORD_KEY, USER_KEY};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_client::api::{DeleteParams, PostParams};
+use kube_client::api::{DeleteParams, ListParams, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use serde_json::Value;
@@ -138,7 +139,16 @@ pub struct TestNamespace {
 }
 
 impl TestNamespace {
+    /// A namespace where the controller may handle Secrets, as a user sets
+    /// one up for networks (`manifests/examples/test-network.yaml`).
     pub async fn create(client: &Client, prefix: &str) -> Self {
+        let ns = Self::create_without_secret_access(client, prefix).await;
+        grant_secret_access(client, &ns.name).await;
+        ns
+    }
+
+    /// A namespace where the controller has not been granted Secrets.
+    pub async fn create_without_secret_access(client: &Client, prefix: &str) -> Self {
         let name = format!("{prefix}-{}", std::process::id() % 100_000);
         let api: Api<Namespace> = Api::all(client.clone());
         let ns = Namespace {
@@ -162,6 +172,33 @@ impl TestNamespace {
         let api: Api<Namespace> = Api::all(self.client.clone());
         let _ = api.delete(&self.name, &DeleteParams::default()).await;
     }
+}
+
+/// Binds the ClusterRole `bitcoin-controller-secrets` to the controller's
+/// ServiceAccount in `ns` (what `manifests/rbac.yaml` asks users to do).
+pub async fn grant_secret_access(client: &Client, ns: &str) {
+    let binding = RoleBinding {
+        metadata: ObjectMeta {
+            name: Some("bitcoin-controller-secrets".into()),
+            namespace: Some(ns.into()),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "ClusterRole".into(),
+            name: "bitcoin-controller-secrets".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "bitcoin-controller".into(),
+            namespace: Some("bitcoin-controller".into()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create the Secret RoleBinding");
 }
 
 /// Creates a network with `nodes` nodes in `ns`.
@@ -372,4 +409,34 @@ impl Nodes {
             .await
             .expect("tip")
     }
+}
+
+/// Waits until an Event with `reason` (and `type_`) about `name` exists.
+pub async fn wait_for_event(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> Event {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let (event, _) = wait_for(&format!("{type_} Event {reason}"), CONVERGE, || async {
+        let list = events.list(&lp).await.map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some(type_))
+            .cloned()
+            .ok_or_else(|| {
+                format!(
+                    "{:?}",
+                    list.items
+                        .iter()
+                        .map(|e| e.reason.clone())
+                        .collect::<Vec<_>>()
+                )
+            })
+    })
+    .await;
+    event
 }

@@ -90,7 +90,7 @@ async fn create_mesh_and_propagate_blocks() {
 /// needs and is refused what it does not, shown by real API answers.
 #[tokio::test]
 async fn service_account_has_least_privilege() {
-    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret};
     use kube_client::api::{DeleteParams, ListParams};
 
     let sa = controller_client().await;
@@ -112,7 +112,33 @@ async fn service_account_has_least_privilege() {
         .list(&lp)
         .await
         .expect("list pods");
+    // Secrets only where a namespace granted them (the harness's test
+    // namespaces bind bitcoin-controller-secrets, as users do).
+    let granted = TestNamespace::create(&admin_client().await, "e2e-rbac").await;
+    Api::<Secret>::namespaced(sa.clone(), &granted.name)
+        .list(&lp)
+        .await
+        .expect("list Secrets in a namespace that granted them");
+    granted.delete().await;
     // Refused: everything else.
+    forbidden(
+        Api::<Secret>::all(sa.clone()).list(&lp).await.map(drop),
+        "list Secrets of every namespace",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(sa.clone(), "kube-system")
+            .list(&lp)
+            .await
+            .map(drop),
+        "list Secrets in kube-system",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(sa.clone(), "default")
+            .get("anything")
+            .await
+            .map(drop),
+        "read a Secret in a namespace that did not grant it",
+    );
     forbidden(
         Api::<Node>::all(sa.clone()).list(&lp).await.map(drop),
         "list nodes",

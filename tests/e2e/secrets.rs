@@ -2,6 +2,7 @@
 //! rotation, a missing Secret, and no plain password anywhere it must not be.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkSpec};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -273,6 +274,42 @@ async fn user_secret_and_rotation() {
     ns.delete().await;
 }
 
+/// Waits until network `net` in `ns` is Degraded for `reason` and a Warning
+/// Event says so, and checks that no StatefulSet runs meanwhile (nothing runs
+/// with a default password). Returns the condition's message.
+async fn wait_until_blocked(admin: &Client, ns: &str, reason: &str) -> (String, Duration) {
+    let (status, took) = wait_for_status(admin, ns, "net", &format!("Degraded: {reason}"), |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+    })
+    .await;
+    wait_for_event(admin, ns, "net", "Warning", reason).await;
+    assert!(Api::<StatefulSet>::namespaced(admin.clone(), ns)
+        .get_opt("net-sts")
+        .await
+        .unwrap()
+        .is_none());
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    (degraded.unwrap().message.clone(), took)
+}
+
+/// Waits until network `net` in `ns` has 2 ready nodes and is no longer
+/// Degraded.
+async fn wait_until_recovered(
+    admin: &Client,
+    ns: &str,
+    what: &str,
+) -> (bitcoin_controller::api::BitcoinNetworkStatus, Duration) {
+    wait_for_status(admin, ns, "net", what, |s| {
+        all_ready(2)(s)
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "False")
+    })
+    .await
+}
+
 /// A missing Secret is reported in the status and as an Event, and the
 /// network recovers by itself when the Secret appears.
 #[tokio::test]
@@ -281,42 +318,9 @@ async fn missing_secret_is_reported_then_recovered() {
     let _controller = ControllerProcess::start("secret-missing", &[]);
     let ns = TestNamespace::create(&admin, "e2e-secret-missing").await;
     create_network_with_secret(&admin, &ns.name, "net", 2, "later").await;
-    let (status, took) =
-        wait_for_status(&admin, &ns.name, "net", "Degraded: SecretNotFound", |s| {
-            s.conditions.iter().any(|c| {
-                c.type_ == "Degraded" && c.status == "True" && c.reason == "SecretNotFound"
-            })
-        })
-        .await;
+    let (message, took) = wait_until_blocked(&admin, &ns.name, "SecretNotFound").await;
     report("secret-missing", "reported in the status", took);
-    let degraded = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Degraded")
-        .unwrap();
-    assert!(degraded.message.contains("later"), "{}", degraded.message);
-    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
-    wait_for("a SecretNotFound Warning event", CONVERGE, || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("SecretNotFound")
-                    && e.type_.as_deref() == Some("Warning")
-            })
-            .map(|_| ())
-            .ok_or_else(|| format!("{} events, none SecretNotFound", list.items.len()))
-    })
-    .await;
-    // No StatefulSet without credentials: nothing runs with a default password.
-    assert!(Api::<StatefulSet>::namespaced(admin.clone(), &ns.name)
-        .get_opt("net-sts")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(message.contains("later"), "{message}");
 
     Api::<Secret>::namespaced(admin.clone(), &ns.name)
         .create(
@@ -325,23 +329,37 @@ async fn missing_secret_is_reported_then_recovered() {
         )
         .await
         .unwrap();
-    let (_, took) = wait_for_status(
-        &admin,
-        &ns.name,
-        "net",
-        "ready after the Secret appeared",
-        |s| {
-            all_ready(2)(s)
-                && s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Degraded" && c.status == "False")
-        },
-    )
-    .await;
+    let (_, took) = wait_until_recovered(&admin, &ns.name, "ready after the Secret appeared").await;
     report(
         "secret-missing",
         "recovered after the Secret appeared",
         took,
     );
+    ns.delete().await;
+}
+
+/// A namespace where the controller was not granted Secrets: the network says
+/// so in its status and an Event (and nothing runs), then converges once the
+/// RoleBinding exists, without any change to the network.
+#[tokio::test]
+async fn namespace_without_secret_access_is_reported_then_recovered() {
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("secret-access", &[]);
+    let ns = TestNamespace::create_without_secret_access(&admin, "e2e-secret-access").await;
+    create_network(&admin, &ns.name, "net", 2).await;
+    let (message, took) = wait_until_blocked(&admin, &ns.name, "SecretAccessDenied").await;
+    report("secret-access", "reported in the status", took);
+    assert!(
+        message.contains("bitcoin-controller-secrets") && message.contains(&ns.name),
+        "{message}"
+    );
+
+    grant_secret_access(&admin, &ns.name).await;
+    let (status, took) =
+        wait_until_recovered(&admin, &ns.name, "ready after the RoleBinding appeared").await;
+    report("secret-access", "recovered after the RoleBinding", took);
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    let took = nodes.wait_for_mesh(&ips(&status)).await;
+    report("secret-access", "mesh of 2", took);
     ns.delete().await;
 }
