@@ -66,7 +66,7 @@ impl SecretCaches {
     }
 
     /// The Secret cache of `namespace`, started if it is not running. Waits
-    /// up to `patience` for a cache that is still listing.
+    /// up to `patience` for the outcome of its first list.
     pub async fn access(&self, namespace: &str, patience: Duration) -> SecretAccess {
         let (lister, synced) = {
             let cache = self
@@ -75,10 +75,8 @@ impl SecretCaches {
                 .or_insert_with(|| self.start(namespace));
             (cache.lister.clone(), cache.synced.clone())
         };
-        if !synced.is_synced() && synced.list_failure().is_none() {
-            // A first list normally takes milliseconds.
-            let _ = tokio::time::timeout(patience, synced.wait()).await;
-        }
+        // A first list normally takes milliseconds.
+        let _ = tokio::time::timeout(patience, synced.wait_for_first_list()).await;
         if synced.is_synced() {
             return SecretAccess::Ready(lister);
         }

@@ -86,48 +86,54 @@ pub struct ListFailure {
 /// failed if it did. Cheap to clone.
 #[derive(Clone)]
 pub struct SyncedFlag {
-    tx: Arc<watch::Sender<bool>>,
-    list_failure: Arc<std::sync::Mutex<Option<ListFailure>>>,
+    tx: Arc<watch::Sender<SyncState>>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    synced: bool,
+    list_failure: Option<ListFailure>,
 }
 
 impl SyncedFlag {
     fn new() -> Self {
         Self {
-            tx: Arc::new(watch::Sender::new(false)),
-            list_failure: Arc::default(),
+            tx: Arc::new(watch::Sender::new(SyncState::default())),
         }
     }
 
     fn set(&self) {
-        *self.lock_failure() = None;
-        self.tx.send_replace(true);
+        self.tx.send_replace(SyncState {
+            synced: true,
+            list_failure: None,
+        });
     }
 
     fn set_list_failure(&self, failure: ListFailure) {
-        *self.lock_failure() = Some(failure);
-    }
-
-    fn lock_failure(&self) -> std::sync::MutexGuard<'_, Option<ListFailure>> {
-        self.list_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Why the latest list failed; `None` once a list succeeded.
-    pub fn list_failure(&self) -> Option<ListFailure> {
-        self.lock_failure().clone()
+        self.tx.send_modify(|s| s.list_failure = Some(failure));
     }
 
     /// True once the cache holds a full list; it stays true.
     pub fn is_synced(&self) -> bool {
-        *self.tx.borrow()
+        self.tx.borrow().synced
+    }
+
+    /// Why the latest list failed; `None` once a list succeeded.
+    pub fn list_failure(&self) -> Option<ListFailure> {
+        self.tx.borrow().list_failure.clone()
     }
 
     /// Waits until [`is_synced`](Self::is_synced) is true.
     pub async fn wait(&self) {
         let mut rx = self.tx.subscribe();
         // The sender lives in `self`, so waiting cannot fail.
-        let _ = rx.wait_for(|synced| *synced).await;
+        let _ = rx.wait_for(|s| s.synced).await;
+    }
+
+    /// Waits until the first list has either succeeded or failed.
+    pub async fn wait_for_first_list(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| s.synced || s.list_failure.is_some()).await;
     }
 }
 

@@ -509,6 +509,8 @@ async fn list_failures_are_visible_until_a_list_succeeds() {
     assert_eq!(h.synced.list_failure(), None);
     let (_, reply) = h.expect_list().await;
     reply.send(Err(api_error(403, "Forbidden"))).unwrap();
+    h.synced.wait_for_first_list().await;
+    assert!(!h.synced.is_synced());
     let (_, reply) = h.expect_list().await;
     let failure = h.synced.list_failure().expect("a failure after a 403");
     assert!(failure.forbidden, "{failure:?}");
