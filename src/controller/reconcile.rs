@@ -222,8 +222,8 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
             (&outcome.added, "NodeAdded", "added"),
             (&outcome.removed, "NodeRemoved", "removed"),
         ] {
-            for addr in addrs {
-                let message = format!("{}: {verb} peer {addr}", outcome.pod_name);
+            if !addrs.is_empty() {
+                let message = format!("{}: {verb} {}", outcome.pod_name, peer_list(addrs));
                 ctx.recorder
                     .publish(net, EventType::Normal, reason, message);
             }
@@ -363,6 +363,20 @@ async fn ensure_config(
     Ok(resources::content_hash(conf.as_bytes()))
 }
 
+/// How many peers an Event names before it only counts the rest.
+const PEERS_NAMED: usize = 5;
+
+/// `peer A`, `peers A, B` or `peers A, B, C, D, E and 3 more`: one Event per
+/// node and sync, short even in a big network.
+fn peer_list(addrs: &[String]) -> String {
+    let named = addrs[..addrs.len().min(PEERS_NAMED)].join(", ");
+    match addrs.len() {
+        1 => format!("peer {named}"),
+        n if n <= PEERS_NAMED => format!("peers {named}"),
+        n => format!("peers {named} and {} more", n - PEERS_NAMED),
+    }
+}
+
 /// The salt of the `rpcauth=` line of a rendered configuration.
 fn salt_of(conf: &str) -> Option<[u8; 16]> {
     let value = conf
@@ -429,6 +443,21 @@ fn conflict(kind: &str, name: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_lists_stay_short() {
+        let addrs: Vec<String> = (1..=8).map(|i| format!("10.0.0.{i}:18444")).collect();
+        assert_eq!(peer_list(&addrs[..1]), "peer 10.0.0.1:18444");
+        assert_eq!(
+            peer_list(&addrs[..2]),
+            "peers 10.0.0.1:18444, 10.0.0.2:18444"
+        );
+        assert_eq!(
+            peer_list(&addrs),
+            "peers 10.0.0.1:18444, 10.0.0.2:18444, 10.0.0.3:18444, 10.0.0.4:18444, \
+             10.0.0.5:18444 and 3 more"
+        );
+    }
 
     #[test]
     fn salt_round_trips_through_the_rendered_config() {
