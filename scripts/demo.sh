@@ -123,6 +123,7 @@ up() {
 		say "node $i (${IPS[$i]}): height $(rpc "${IPS[$i]}" getblockcount), best block $(rpc "${IPS[$i]}" getbestblockhash)"
 	done
 	kubectl get bitcoinnetworks
+	say "BLOCKS is the height node 0 had at the last reconcile; resyncs refresh it every 30 s"
 	cat <<EOT
 
 Look around:
