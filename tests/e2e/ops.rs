@@ -396,23 +396,33 @@ async fn ops_events_conditions_and_scale_subresource() {
     assert!(cells[3].is_i64(), "Blocks: {}", cells[3]);
     assert_eq!(cells[4], "NetworkReady");
 
-    // Scale up through the scale subresource.
+    // Scale up with `kubectl scale` (the kubectl of the local control plane,
+    // first on PATH after `local-cluster.sh env`), which uses the scale
+    // subresource.
     let start = Instant::now();
-    let scale = nets
-        .patch_scale(
-            "net",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"replicas": 3}})),
-        )
-        .await
-        .expect("patch the scale subresource");
-    assert_eq!(scale.spec.and_then(|s| s.replicas), Some(3));
+    let out = std::process::Command::new("kubectl")
+        .args([
+            "-n",
+            &ns.name,
+            "scale",
+            "bitcoinnetwork/net",
+            "--replicas=3",
+        ])
+        .output()
+        .expect("run kubectl (scripts/local-cluster.sh env puts it on PATH)");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl scale: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("kubectl scale: {}", said.trim());
     assert_eq!(nets.get("net").await.unwrap().spec.nodes, 3);
     let (status, _) = wait_for_status(&admin, &ns.name, "net", "3 ready nodes", |s| {
         all_ready(3)(s) && condition_is("Ready", "True", None)(s)
     })
     .await;
-    say("scale subresource 2 -> 3: Ready=True", start.elapsed());
+    say("kubectl scale 2 -> 3: Ready=True", start.elapsed());
     let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
     nodes.wait_for_mesh(&ips(&status)).await;
     let scale = nets.get_scale("net").await.expect("read the scale");
@@ -423,7 +433,8 @@ async fn ops_events_conditions_and_scale_subresource() {
         scale_status.selector
     );
 
-    // Scale down: the removed node's address leaves the others' lists.
+    // Scale down through the scale subresource's API: the removed node's
+    // address leaves the others' lists.
     let start = Instant::now();
     nets.patch_scale(
         "net",
