@@ -415,8 +415,11 @@ cmd_up() {
 		--client-certificate "${PKI_DIR}/admin.crt" --client-key "${PKI_DIR}/admin.key" --embed-certs
 	start_etcd
 	start_apiserver
-	start_controller_manager
+	# The CRD before kube-controller-manager: the garbage collector discovers
+	# resources at start and only every 30 s after, so a CRD applied later
+	# would not cascade until that resync.
 	apply_manifests
+	start_controller_manager
 	write_controller_kubeconfig
 	if podsim_wanted; then
 		start_podsim
