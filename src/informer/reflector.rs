@@ -37,6 +37,28 @@ enum Failure {
     ShortWatch,
 }
 
+impl ListFailure {
+    /// The API server's own words when it answered with an error status.
+    fn of(err: &Failure) -> Self {
+        match err {
+            Failure::Api(kube_client::Error::Api(status)) if !status.message.is_empty() => {
+                ListFailure {
+                    forbidden: status.code == 403,
+                    message: status.message.clone(),
+                }
+            }
+            Failure::Api(kube_client::Error::Api(status)) => ListFailure {
+                forbidden: status.code == 403,
+                message: err.to_string(),
+            },
+            _ => ListFailure {
+                forbidden: false,
+                message: err.to_string(),
+            },
+        }
+    }
+}
+
 /// What to do after a watch ended.
 enum Next {
     /// The resourceVersion is gone: list again.
@@ -113,10 +135,7 @@ where
                     Ok(rv) => resource_version.insert(rv),
                     Err(err) => {
                         self.metrics.failure();
-                        self.synced.set_list_failure(ListFailure {
-                            forbidden: matches!(&err, Failure::Api(kube_client::Error::Api(s)) if s.code == 403),
-                            message: err.to_string(),
-                        });
+                        self.synced.set_list_failure(ListFailure::of(&err));
                         let delay = backoff.delay();
                         warn!(
                             "{} informer: list failed, retrying in {delay:?}: {err}",

@@ -508,13 +508,24 @@ async fn list_failures_are_visible_until_a_list_succeeds() {
     let mut h = start(None);
     assert_eq!(h.synced.list_failure(), None);
     let (_, reply) = h.expect_list().await;
-    reply.send(Err(api_error(403, "Forbidden"))).unwrap();
+    let refusal = Status::failure(
+        "configmaps is forbidden: User \"x\" cannot list",
+        "Forbidden",
+    )
+    .with_code(403);
+    reply
+        .send(Err(kube_client::Error::Api(refusal.boxed())))
+        .unwrap();
     h.synced.wait_for_first_list().await;
     assert!(!h.synced.is_synced());
     let (_, reply) = h.expect_list().await;
     let failure = h.synced.list_failure().expect("a failure after a 403");
     assert!(failure.forbidden, "{failure:?}");
-    assert!(failure.message.contains("Forbidden"), "{failure:?}");
+    // The API server's own message, nothing else.
+    assert_eq!(
+        failure.message,
+        "configmaps is forbidden: User \"x\" cannot list"
+    );
 
     reply.send(Err(api_error(500, "InternalError"))).unwrap();
     let (_, reply) = h.expect_list().await;
