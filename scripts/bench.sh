@@ -40,6 +40,11 @@ rss() { sed -n 's/^VmRSS:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$PID/status"; }
 cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$PID/stat"; }
 # a - b, two decimals
 minus() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a - b}'; }
+# How many objects of a kind in the namespace have the condition Ready=True.
+count_ready() {
+	kubectl get "$1" -n "$NS" -o json |
+		jq '[.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length'
+}
 
 sleep 2
 say "controller idle with no network: RSS $(rss) KiB"
@@ -59,12 +64,10 @@ ready=0
 pods_took=""
 deadline=$((SECONDS + 300))
 while ((SECONDS < deadline)); do
-	if [[ -z "$pods_took" ]] &&
-		(($(kubectl get pods -n "$NS" -o json | jq '[.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length') == NETWORKS * NODES)); then
+	if [[ -z "$pods_took" ]] && (($(count_ready pods) == NETWORKS * NODES)); then
 		pods_took=$(minus "$(date +%s.%N)" "$start")
 	fi
-	ready=$(kubectl get bitcoinnetworks -n "$NS" -o json |
-		jq '[.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length')
+	ready=$(count_ready bitcoinnetworks)
 	((ready == NETWORKS)) && break
 	sleep 0.2
 done

@@ -27,8 +27,8 @@ const COMPONENT: &str = "bitcoin-controller";
 const MAX_REMEMBERED: usize = 4096;
 /// Different messages of one object, type and reason within
 /// [`SIMILAR_WINDOW`] before they are combined (client-go's values).
-pub const MAX_SIMILAR: usize = 10;
-pub const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
+const MAX_SIMILAR: usize = 10;
+const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
 const COMBINED: &str = "(combined from similar events)";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -84,7 +84,7 @@ impl Router {
     /// Queues every network of `namespace`.
     pub fn enqueue_namespace(&self, namespace: &str) {
         for net in self.networks.list_namespaced(namespace) {
-            self.queue.add(ObjectKey::new(namespace, net.name()));
+            self.queue.add(ObjectKey::from_object(net.as_ref()));
         }
     }
 

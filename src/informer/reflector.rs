@@ -41,15 +41,13 @@ impl ListFailure {
     /// The API server's own words when it answered with an error status.
     fn of(err: &Failure) -> Self {
         match err {
-            Failure::Api(kube_client::Error::Api(status)) if !status.message.is_empty() => {
-                ListFailure {
-                    forbidden: status.code == 403,
-                    message: status.message.clone(),
-                }
-            }
             Failure::Api(kube_client::Error::Api(status)) => ListFailure {
                 forbidden: status.code == 403,
-                message: err.to_string(),
+                message: if status.message.is_empty() {
+                    err.to_string()
+                } else {
+                    status.message.clone()
+                },
             },
             _ => ListFailure {
                 forbidden: false,
