@@ -1,11 +1,11 @@
-//! The informer's cache: objects by `namespace/name`, shared with [`Lister`]s.
+//! The informer's cache: objects by namespace, then name, shared with
+//! [`Lister`]s.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use dashmap::DashMap;
 use kube_client::Resource;
 
 /// Identifies a cached object: `namespace/name`, or just `name` for
@@ -76,32 +76,91 @@ pub(super) enum Change<K> {
     Deleted(Arc<K>),
 }
 
-type Map<K> = DashMap<ObjectKey, Arc<K>>;
+/// The cached objects, indexed by namespace then name, so one namespace is
+/// read without visiting the others.
+struct Index<K> {
+    by_namespace: HashMap<String, HashMap<String, Arc<K>>>,
+    len: usize,
+}
+
+impl<K> Default for Index<K> {
+    fn default() -> Self {
+        Self {
+            by_namespace: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<K> Index<K> {
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
+        self.by_namespace.get(namespace)?.get(name)
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Arc<K>> {
+        self.by_namespace.values().flat_map(HashMap::values)
+    }
+
+    /// Stores `obj` under `key`, returning what was there.
+    fn insert(&mut self, key: ObjectKey, obj: Arc<K>) -> Option<Arc<K>> {
+        let old = self
+            .by_namespace
+            .entry(key.namespace)
+            .or_default()
+            .insert(key.name, obj);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    /// Removes and returns the object `namespace/name`; a namespace left
+    /// without objects is dropped from the index.
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let objects = self.by_namespace.get_mut(namespace)?;
+        let old = objects.remove(name)?;
+        if objects.is_empty() {
+            self.by_namespace.remove(namespace);
+        }
+        self.len -= 1;
+        Some(old)
+    }
+}
+
+type Shared<K> = Arc<RwLock<Index<K>>>;
+
+/// Reads the index. Nothing panics while holding the lock (handlers run
+/// outside it), so a poisoned lock still holds a consistent index.
+fn read<K>(index: &RwLock<Index<K>>) -> RwLockReadGuard<'_, Index<K>> {
+    index.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<K>(index: &RwLock<Index<K>>) -> RwLockWriteGuard<'_, Index<K>> {
+    index.write().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The writable side of the cache; only the informer task holds it.
 pub(super) struct Store<K> {
-    map: Arc<Map<K>>,
+    index: Shared<K>,
 }
 
 impl<K: Resource> Store<K> {
     pub(super) fn new() -> Self {
         Self {
-            map: Arc::new(DashMap::new()),
+            index: Arc::new(RwLock::new(Index::default())),
         }
     }
 
     pub(super) fn lister(&self) -> Lister<K> {
         Lister {
-            map: Arc::clone(&self.map),
+            index: Arc::clone(&self.index),
         }
     }
 
     /// Stores `new`; an update if an object with its key was cached.
     pub(super) fn apply(&self, new: Arc<K>) -> Change<K> {
-        match self
-            .map
-            .insert(ObjectKey::from_object(&*new), Arc::clone(&new))
-        {
+        let key = ObjectKey::from_object(&*new);
+        match write(&self.index).insert(key, Arc::clone(&new)) {
             Some(old) => Change::Updated { old, new },
             None => Change::Added(new),
         }
@@ -110,7 +169,8 @@ impl<K: Resource> Store<K> {
     /// Removes the object; the change carries `last`, the final state
     /// reported by the server.
     pub(super) fn delete(&self, last: Arc<K>) -> Change<K> {
-        self.map.remove(&ObjectKey::from_object(&*last));
+        let key = ObjectKey::from_object(&*last);
+        write(&self.index).remove(&key.namespace, &key.name);
         Change::Deleted(last)
     }
 
@@ -120,55 +180,62 @@ impl<K: Resource> Store<K> {
     /// known state (tombstones). Unchanged objects produce no change. Deletes
     /// come first, then the rest in list order.
     ///
-    /// Readers on other threads may see the store half-way through.
+    /// The new contents are built aside and swapped in under one write
+    /// lock, so a reader sees either the old store or the new one, never a
+    /// mix; the changes are then worked out against the old contents,
+    /// outside the lock.
     pub(super) fn replace(&self, objects: Vec<Arc<K>>) -> Vec<Change<K>> {
-        let fresh: Vec<(ObjectKey, Arc<K>)> = objects
-            .into_iter()
-            .map(|obj| (ObjectKey::from_object(&*obj), obj))
-            .collect();
-        let keep: HashSet<&ObjectKey> = fresh.iter().map(|(key, _)| key).collect();
-        let vanished: Vec<ObjectKey> = self
-            .map
-            .iter()
-            .filter(|e| !keep.contains(e.key()))
-            .map(|e| e.key().clone())
-            .collect();
-        let mut changes = Vec::new();
-        for key in vanished {
-            if let Some((_, old)) = self.map.remove(&key) {
-                changes.push(Change::Deleted(old));
-            }
+        let mut fresh = Index::default();
+        for obj in &objects {
+            fresh.insert(ObjectKey::from_object(&**obj), Arc::clone(obj));
         }
-        for (key, new) in fresh {
-            match self.map.insert(key, Arc::clone(&new)) {
-                None => changes.push(Change::Added(new)),
+        let mut old = std::mem::replace(&mut *write(&self.index), fresh);
+
+        let mut changed = Vec::new();
+        for new in objects {
+            let meta = new.meta();
+            let namespace = meta.namespace.as_deref().unwrap_or_default();
+            let name = meta.name.as_deref().unwrap_or_default();
+            match old.remove(namespace, name) {
+                None => changed.push(Change::Added(new)),
                 Some(old) if old.meta().resource_version != new.meta().resource_version => {
-                    changes.push(Change::Updated { old, new })
+                    changed.push(Change::Updated { old, new })
                 }
                 Some(_) => {}
             }
         }
+        // What is left of the old contents was not in the list.
+        let mut changes: Vec<Change<K>> = old
+            .by_namespace
+            .into_values()
+            .flat_map(HashMap::into_values)
+            .map(Change::Deleted)
+            .collect();
+        changes.append(&mut changed);
         changes
     }
 
     /// Every cached object, for a resync.
     pub(super) fn snapshot(&self) -> Vec<Arc<K>> {
-        self.map.iter().map(|e| Arc::clone(e.value())).collect()
+        read(&self.index).values().cloned().collect()
     }
 }
 
 /// Read-only view of an informer's cache; cheap to clone and share.
 ///
+/// Reads take a shared lock for as long as they copy out `Arc`s; a relist
+/// is swapped in whole, so a reader never sees it half done.
+///
 /// Returned objects are shared with the cache: never mutate them in place
 /// (clone the inner value to build an update).
 pub struct Lister<K> {
-    map: Arc<Map<K>>,
+    index: Shared<K>,
 }
 
 impl<K> Clone for Lister<K> {
     fn clone(&self) -> Self {
         Self {
-            map: Arc::clone(&self.map),
+            index: Arc::clone(&self.index),
         }
     }
 }
@@ -189,23 +256,32 @@ impl<K> Lister<K> {
     /// The cached object `namespace/name` (namespace `""` for
     /// cluster-scoped objects).
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.map
-            .get(&ObjectKey::new(namespace, name))
-            .map(|e| Arc::clone(e.value()))
+        read(&self.index).get(namespace, name).cloned()
     }
 
     /// Every cached object, in no particular order.
     pub fn list(&self) -> Vec<Arc<K>> {
-        self.map.iter().map(|e| Arc::clone(e.value())).collect()
+        read(&self.index).values().cloned().collect()
     }
 
-    /// The cached objects of one namespace, in no particular order.
+    /// The cached objects of one namespace, in no particular order. Costs
+    /// the number of objects in that namespace, not the size of the cache.
     pub fn list_namespaced(&self, namespace: &str) -> Vec<Arc<K>> {
-        self.map
-            .iter()
-            .filter(|e| e.key().namespace == namespace)
-            .map(|e| Arc::clone(e.value()))
-            .collect()
+        read(&self.index)
+            .by_namespace
+            .get(namespace)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many objects are cached.
+    pub fn len(&self) -> usize {
+        read(&self.index).len
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -302,5 +378,120 @@ mod tests {
         assert_eq!(lister.list_namespaced("b").len(), 2);
         store.delete(cm("b", "x", "4"));
         assert!(lister.get("b", "x").is_none());
+        assert_eq!(lister.len(), 2);
+    }
+
+    fn names(objects: &[Arc<ConfigMap>]) -> Vec<String> {
+        let mut names: Vec<String> = objects
+            .iter()
+            .map(|o| ObjectKey::from_object(&**o).to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn namespace_index_serves_one_namespace_and_forgets_empty_ones() {
+        let store = Store::new();
+        for i in 0..50 {
+            store.apply(cm(&format!("other-{i}"), "x", "1"));
+        }
+        store.apply(cm("a", "x", "1"));
+        store.apply(cm("a", "y", "1"));
+        store.apply(cm("", "cluster-wide", "1"));
+        let lister = store.lister();
+        assert_eq!(names(&lister.list_namespaced("a")), ["a/x", "a/y"]);
+        assert_eq!(names(&lister.list_namespaced("")), ["cluster-wide"]);
+        assert!(lister.list_namespaced("none").is_empty());
+        assert_eq!(lister.len(), 53);
+        assert_eq!(lister.list().len(), 53);
+
+        // The index holds one entry per namespace that has objects: the
+        // last delete of a namespace drops it.
+        store.delete(cm("a", "x", "2"));
+        store.delete(cm("a", "y", "2"));
+        assert!(lister.list_namespaced("a").is_empty());
+        assert!(!read(&store.index).by_namespace.contains_key("a"));
+        // Deleting what is not cached changes nothing.
+        store.delete(cm("a", "x", "3"));
+        assert_eq!(lister.len(), 51);
+
+        // A relist rebuilds the index.
+        store.replace(vec![cm("b", "z", "1")]);
+        assert_eq!(read(&store.index).by_namespace.len(), 1);
+        assert_eq!(names(&lister.list()), ["b/z"]);
+        assert_eq!(lister.len(), 1);
+        assert!(!lister.is_empty());
+        store.replace(vec![]);
+        assert!(lister.is_empty());
+    }
+
+    #[test]
+    fn replace_is_seen_whole_or_not_at_all() {
+        // Two generations of 200 objects over 20 namespaces, with disjoint
+        // names: a reader racing the relists must always find exactly one
+        // generation, complete.
+        let generation = |g: u32| -> Vec<Arc<ConfigMap>> {
+            (0..200)
+                .map(|i| cm(&format!("ns-{}", i % 20), &format!("g{g}-{i}"), "1"))
+                .collect()
+        };
+        let store = Store::new();
+        store.replace(generation(0));
+        let lister = store.lister();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = std::thread::spawn({
+            let done = Arc::clone(&done);
+            move || {
+                let mut reads = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                    let all = lister.list();
+                    assert_eq!(all.len(), 200, "a half-replaced store");
+                    let first = all[0].metadata.name.as_deref().unwrap();
+                    let prefix = &first[..first.find('-').unwrap()];
+                    assert!(
+                        all.iter()
+                            .all(|o| o.metadata.name.as_deref().unwrap().starts_with(prefix)),
+                        "two generations mixed"
+                    );
+                    assert_eq!(lister.list_namespaced("ns-3").len(), 10);
+                    assert_eq!(lister.len(), 200);
+                    reads += 1;
+                }
+                reads
+            }
+        });
+        for round in 1..=300 {
+            let changes = store.replace(generation(round % 2));
+            // Every old object is a tombstone, every new one an add.
+            assert_eq!(changes.len(), 400);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().expect("reader saw a torn store") > 0);
+    }
+
+    #[test]
+    fn replace_puts_tombstones_first_then_list_order() {
+        let store = Store::new();
+        store.replace(vec![cm("ns", "gone", "1"), cm("ns", "kept", "1")]);
+        let changes = store.replace(vec![
+            cm("ns", "z-new", "2"),
+            cm("ns", "kept", "3"),
+            cm("ns", "a-new", "2"),
+        ]);
+        let order: Vec<String> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Added(o) => format!("add {}", o.metadata.name.as_deref().unwrap()),
+                Change::Updated { new, .. } => {
+                    format!("update {}", new.metadata.name.as_deref().unwrap())
+                }
+                Change::Deleted(o) => format!("delete {}", o.metadata.name.as_deref().unwrap()),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            ["delete gone", "add z-new", "update kept", "add a-new"]
+        );
     }
 }
