@@ -30,7 +30,7 @@ use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-pub use source::{ListerWatcher, WatchStream};
+pub use source::{ApiSource, ListerWatcher, WatchStream};
 pub use store::{InvalidObjectKey, Lister, ObjectKey};
 
 use store::{Change, Store};

@@ -680,3 +680,113 @@ async fn metrics_count_lists_watches_relists_failures_and_events() {
     let (_, _, _reply) = h.expect_watch().await;
     assert_eq!(counts.get(), [2, 2, 1, 1, 2], "bookmarks are not events");
 }
+
+mod selectors {
+    use super::*;
+    use http::{Request, Response};
+    use kube_client::client::Body;
+    use kube_client::{Api, Client};
+
+    /// An `Api` over a mocked API server, and the handle that answers it.
+    fn mocked() -> (
+        Api<Cm>,
+        tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        (
+            Api::namespaced(Client::new(service, "default"), "ns"),
+            handle,
+        )
+    }
+
+    /// Makes one list call and one watch call through `source` and returns
+    /// the query strings the server received.
+    async fn queries(
+        source: impl ListerWatcher<Cm>,
+        mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    ) -> (String, String) {
+        let server = tokio::spawn(async move {
+            let mut queries = Vec::new();
+            for body in [
+                serde_json::to_vec(&page("5", vec![], None)).unwrap(),
+                Vec::new(),
+            ] {
+                let (request, respond) = handle.next_request().await.expect("a request");
+                queries.push(request.uri().query().unwrap_or_default().to_owned());
+                respond.send_response(Response::new(Body::from(body)));
+            }
+            queries
+        });
+        let params = ListParams::default().limit(PAGE_SIZE);
+        source.list(&params).await.expect("list");
+        let _ = source.watch("5", 300).await.expect("watch");
+        let queries = server.await.unwrap();
+        (queries[0].clone(), queries[1].clone())
+    }
+
+    fn decoded(query: &str) -> Vec<(String, String)> {
+        let mut pairs: Vec<(String, String)> = query
+            .split('&')
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let v = v
+                    .replace("%3D", "=")
+                    .replace("%2C", ",")
+                    .replace("%21", "!");
+                (k.to_owned(), v)
+            })
+            .collect();
+        pairs.sort();
+        pairs
+    }
+
+    fn has(query: &str, key: &str, value: &str) -> bool {
+        decoded(query).iter().any(|(k, v)| k == key && v == value)
+    }
+
+    #[tokio::test]
+    async fn api_source_sends_selectors_with_list_and_watch() {
+        let (api, handle) = mocked();
+        let source = ApiSource::new(api)
+            .label_selector("a=b,c!=d")
+            .field_selector("metadata.name=x");
+        let (list, watch) = queries(source, handle).await;
+        for query in [&list, &watch] {
+            assert!(has(query, "labelSelector", "a=b,c!=d"), "{query}");
+            assert!(has(query, "fieldSelector", "metadata.name=x"), "{query}");
+        }
+        assert!(has(&list, "limit", &PAGE_SIZE.to_string()), "{list}");
+        assert!(has(&watch, "watch", "true"), "{watch}");
+        assert!(has(&watch, "allowWatchBookmarks", "true"), "{watch}");
+        assert!(has(&watch, "resourceVersion", "5"), "{watch}");
+        assert!(has(&watch, "timeoutSeconds", "300"), "{watch}");
+    }
+
+    #[tokio::test]
+    async fn plain_api_and_unset_selectors_send_none() {
+        let (api, handle) = mocked();
+        let (list, watch) = queries(api, handle).await;
+        let (api, handle) = mocked();
+        let (list2, watch2) = queries(ApiSource::new(api), handle).await;
+        for query in [&list, &watch, &list2, &watch2] {
+            assert!(!query.contains("Selector"), "{query}");
+        }
+        assert!(has(&watch2, "allowWatchBookmarks", "true"), "{watch2}");
+    }
+
+    #[tokio::test]
+    async fn list_params_keep_the_reflectors_paging() {
+        let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let api: Api<Cm> = Api::namespaced(Client::new(service, "default"), "ns");
+        let source = ApiSource::new(api).label_selector("a=b");
+        let page = ListParams::default().limit(7).continue_token("next");
+        let params = source.list_params(&page);
+        assert_eq!(params.limit, Some(7));
+        assert_eq!(params.continue_token.as_deref(), Some("next"));
+        assert_eq!(params.label_selector.as_deref(), Some("a=b"));
+        assert_eq!(params.field_selector, None);
+        let params = source.watch_params(300);
+        assert_eq!(params.label_selector.as_deref(), Some("a=b"));
+        assert!(params.bookmarks);
+    }
+}
