@@ -10,7 +10,8 @@
 //! Other failures are retried after an exponential backoff.
 //!
 //! Handlers run on the informer task right after the cache changed, so they
-//! must be cheap (enqueue a key and return).
+//! must be cheap (enqueue a key and return). A handler that panics is
+//! logged and skipped for that change; the informer goes on.
 
 mod reflector;
 mod source;
@@ -19,12 +20,14 @@ mod store;
 #[cfg(test)]
 mod tests;
 
+use std::any::Any;
 use std::fmt::Debug;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube_client::Resource;
-use log::{debug, info};
+use log::{debug, error, info};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
@@ -66,6 +69,8 @@ pub trait ReflectorMetrics: Send + Sync {
     fn failure(&self) {}
     /// A watch event (added, modified, deleted; not bookmarks) arrived.
     fn watch_event(&self) {}
+    /// An event handler panicked (the informer logged it and went on).
+    fn handler_panic(&self) {}
 }
 
 /// Records nothing; the default.
@@ -221,13 +226,28 @@ where
         info!("{} informer: stopped", self.kind);
     }
 
-    /// Delivers a cache change to every handler.
+    /// Delivers a cache change to every handler. A handler that panics is
+    /// logged and skipped; the others still get the change.
     fn notify(&self, change: &Change<K>) {
         for handler in &self.handlers {
-            match change {
+            let delivered = catch_unwind(AssertUnwindSafe(|| match change {
                 Change::Added(obj) => handler.on_add(obj),
                 Change::Updated { old, new } => handler.on_update(old, new),
                 Change::Deleted(obj) => handler.on_delete(obj),
+            }));
+            if let Err(panic) = delivered {
+                self.metrics.handler_panic();
+                let (what, obj) = match change {
+                    Change::Added(obj) => ("add", obj),
+                    Change::Updated { new, .. } => ("update", new),
+                    Change::Deleted(obj) => ("delete", obj),
+                };
+                error!(
+                    "{} informer: event handler panicked on {what} of {}: {}",
+                    self.kind,
+                    ObjectKey::from_object(&**obj),
+                    panic_message(&*panic)
+                );
             }
         }
     }
@@ -256,5 +276,16 @@ where
                 });
             }
         }
+    }
+}
+
+/// The message a panic was raised with, if it was a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "(no message)"
     }
 }

@@ -121,9 +121,21 @@ fn start(resync: Option<Duration>) -> Harness {
 }
 
 fn start_with_metrics(resync: Option<Duration>, metrics: Arc<dyn ReflectorMetrics>) -> Harness {
+    start_with(resync, metrics, vec![])
+}
+
+/// An informer whose handlers are `first`, then the recorder.
+fn start_with(
+    resync: Option<Duration>,
+    metrics: Arc<dyn ReflectorMetrics>,
+    first: Vec<Arc<dyn EventHandler<Cm>>>,
+) -> Harness {
     let (calls_tx, calls) = mpsc::unbounded_channel();
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let mut informer = Informer::new(FakeSource(calls_tx), resync).with_metrics(metrics);
+    for handler in first {
+        informer.add_event_handler(handler);
+    }
     informer.add_event_handler(Arc::new(Recorder(seen_tx)));
     let cancel = CancellationToken::new();
     Harness {
@@ -679,6 +691,79 @@ async fn metrics_count_lists_watches_relists_failures_and_events() {
     h.serve_list("5", vec![]).await;
     let (_, _, _reply) = h.expect_watch().await;
     assert_eq!(counts.get(), [2, 2, 1, 1, 2], "bookmarks are not events");
+}
+
+/// Panics on every object named `bad`.
+struct PanicsOnBad;
+
+impl PanicsOnBad {
+    fn check(&self, obj: &Cm) {
+        if obj.metadata.name.as_deref() == Some("bad") {
+            panic!("handler bug on {}", describe(obj));
+        }
+    }
+}
+
+impl EventHandler<Cm> for PanicsOnBad {
+    fn on_add(&self, obj: &Arc<Cm>) {
+        self.check(obj);
+    }
+    fn on_update(&self, _: &Arc<Cm>, new: &Arc<Cm>) {
+        self.check(new);
+    }
+    fn on_delete(&self, obj: &Arc<Cm>) {
+        self.check(obj);
+    }
+}
+
+#[derive(Default)]
+struct PanicCount(std::sync::atomic::AtomicUsize);
+
+impl ReflectorMetrics for PanicCount {
+    fn handler_panic(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn panicking_handler_does_not_stop_the_informer() {
+    let panics = Arc::new(PanicCount::default());
+    let mut h = start_with(
+        Some(Duration::from_secs(30)),
+        panics.clone(),
+        vec![Arc::new(PanicsOnBad) as Arc<dyn EventHandler<Cm>>],
+    );
+    h.serve_list("1", vec![cm("bad", "1"), cm("a", "1")]).await;
+    // The handler after the panicking one still gets every change.
+    assert_eq!(h.seen(2).await, ["add default/a@1", "add default/bad@1"]);
+
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Ok(WatchEvent::Modified(cm("bad", "2"))))
+        .unwrap();
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("b", "3"))))
+        .unwrap();
+    feed.unbounded_send(Ok(WatchEvent::Deleted(cm("a", "4"))))
+        .unwrap();
+    assert_eq!(
+        h.seen(3).await,
+        [
+            "add default/b@3",
+            "delete default/a@4",
+            "update default/bad@1 -> default/bad@2"
+        ]
+    );
+    assert_eq!(h.cached("bad").as_deref(), Some("default/bad@2"));
+    assert_eq!(h.cached("b").as_deref(), Some("default/b@3"));
+    assert_eq!(h.cached("a"), None);
+
+    // Resync goes through the same guard.
+    assert_eq!(
+        h.seen(2).await,
+        ["resync default/b@3", "resync default/bad@2"]
+    );
+    assert_eq!(panics.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+    assert!(!h.task.is_finished());
+    h.stop().await;
 }
 
 mod selectors {
