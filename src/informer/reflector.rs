@@ -1,6 +1,7 @@
 //! The reflector: list, then watch, keeping the store current.
 
-use std::fmt::Debug;
+use std::error::Error as _;
+use std::fmt::{self, Debug};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,34 +24,87 @@ pub(super) const WATCH_JITTER_SECS: u32 = 30;
 /// A watch that ends without any event sooner than this counts as a failure,
 /// so a server that closes watches at once is not hammered.
 const SHORT_WATCH: Duration = Duration::from_secs(1);
-
 /// Why a list or watch attempt failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 enum Failure {
-    #[error(transparent)]
-    Api(#[from] kube_client::Error),
-    #[error("watch error event: {status} (code {code})", code = .status.code)]
-    Event { status: Box<Status> },
-    #[error("no response within {0:?}")]
+    Api(kube_client::Error),
+    Event(Box<Status>),
     Timeout(Duration),
-    #[error("watch closed at once without events")]
     ShortWatch,
+}
+
+impl From<kube_client::Error> for Failure {
+    fn from(err: kube_client::Error) -> Self {
+        Self::Api(err)
+    }
+}
+
+impl Failure {
+    /// The error status the API server answered with, if it did.
+    fn status(&self) -> Option<&Status> {
+        match self {
+            Failure::Api(kube_client::Error::Api(status)) | Failure::Event(status) => Some(status),
+            _ => None,
+        }
+    }
+
+    /// A 403: the credentials lack the right (or the API server is still
+    /// loading its RBAC rules).
+    fn is_forbidden(&self) -> bool {
+        self.status().is_some_and(|status| status.code == 403)
+    }
+}
+
+/// One line: the status code and the server's message for API errors (never
+/// the whole Status), the error and its causes for anything else.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Event(status) => write!(f, "error event: {}", status_line(status)),
+            Failure::Api(kube_client::Error::Api(status)) => f.write_str(&status_line(status)),
+            Failure::Api(err) => f.write_str(&chain(err)),
+            Failure::Timeout(after) => write!(f, "no response within {after:?}"),
+            Failure::ShortWatch => f.write_str("closed at once without events"),
+        }
+    }
+}
+
+/// `403 configmaps is forbidden: ...`; the reason when there is no message.
+fn status_line(status: &Status) -> String {
+    let text = if status.message.is_empty() {
+        &status.reason
+    } else {
+        &status.message
+    };
+    format!("{} {text}", status.code).trim_end().to_owned()
+}
+
+/// An error and its sources joined on one line, skipping a source whose
+/// text the line already holds.
+fn chain(err: &kube_client::Error) -> String {
+    let mut line = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }
 
 impl ListFailure {
     /// The API server's own words when it answered with an error status.
     fn of(err: &Failure) -> Self {
-        match err {
-            Failure::Api(kube_client::Error::Api(status)) => ListFailure {
-                forbidden: status.code == 403,
-                message: if status.message.is_empty() {
-                    err.to_string()
-                } else {
-                    status.message.clone()
-                },
+        match err.status() {
+            Some(status) if !status.message.is_empty() => ListFailure {
+                forbidden: err.is_forbidden(),
+                message: status.message.clone(),
             },
             _ => ListFailure {
-                forbidden: false,
+                forbidden: err.is_forbidden(),
                 message: err.to_string(),
             },
         }
@@ -75,40 +129,61 @@ fn is_gone(err: &kube_client::Error) -> bool {
     matches!(err, kube_client::Error::Api(status) if status_is_gone(status))
 }
 
-/// Exponential backoff, 800 ms doubling to 30 s, plus up to 20 % random
-/// extra; it starts over once no failure happened for two minutes.
+/// Delays between failed attempts: exponential, 800 ms doubling to 30 s,
+/// plus up to 20 % random extra, back to the start once a call succeeds
+/// ([`reset`](Self::reset)); a 403 waits a fixed 2 s (plus jitter) and
+/// leaves the exponential delay where it was.
 pub(super) struct Backoff {
     next: Duration,
-    last_failure: Option<Instant>,
 }
 
 impl Backoff {
     pub(super) const INITIAL: Duration = Duration::from_millis(800);
     pub(super) const MAX: Duration = Duration::from_secs(30);
-    pub(super) const RESET_AFTER: Duration = Duration::from_secs(120);
+    pub(super) const FORBIDDEN: Duration = Duration::from_secs(2);
     pub(super) const JITTER: f64 = 0.2;
 
     pub(super) fn new() -> Self {
         Self {
             next: Self::INITIAL,
-            last_failure: None,
         }
     }
 
     /// The delay before the next attempt, after a failure now.
     pub(super) fn delay(&mut self) -> Duration {
-        let now = Instant::now();
-        if self
-            .last_failure
-            .is_some_and(|at| now.duration_since(at) > Self::RESET_AFTER)
-        {
-            self.next = Self::INITIAL;
-        }
-        self.last_failure = Some(now);
         let base = self.next;
         self.next = (base * 2).min(Self::MAX);
-        base.mul_f64(1.0 + rand::random_range(0.0..Self::JITTER))
+        jitter(base)
     }
+
+    /// The delay after a 403: fixed, and the exponential delay does not
+    /// grow.
+    pub(super) fn forbidden_delay(&self) -> Duration {
+        jitter(Self::FORBIDDEN)
+    }
+
+    /// A call succeeded: the next failure waits [`INITIAL`](Self::INITIAL).
+    pub(super) fn reset(&mut self) {
+        self.next = Self::INITIAL;
+    }
+
+    /// The delay after `failure`.
+    fn after(&mut self, failure: &Failure) -> Duration {
+        if failure.is_forbidden() {
+            self.forbidden_delay()
+        } else {
+            self.delay()
+        }
+    }
+}
+
+fn jitter(base: Duration) -> Duration {
+    base.mul_f64(1.0 + rand::random_range(0.0..Backoff::JITTER))
+}
+
+/// `1.7s`: a delay as logged.
+fn secs(delay: Duration) -> String {
+    format!("{:.1}s", delay.as_secs_f64())
 }
 
 /// Drops fields the controller never reads before caching.
@@ -130,21 +205,25 @@ where
             let rv = match &mut resource_version {
                 Some(rv) => rv,
                 None => match self.list().await {
-                    Ok(rv) => resource_version.insert(rv),
+                    Ok(rv) => {
+                        backoff.reset();
+                        resource_version.insert(rv)
+                    }
                     Err(err) => {
                         self.metrics.failure();
                         self.synced.set_list_failure(ListFailure::of(&err));
-                        let delay = backoff.delay();
+                        let delay = backoff.after(&err);
                         warn!(
-                            "{} informer: list failed, retrying in {delay:?}: {err}",
-                            self.kind
+                            "{} informer: list failed (retry in {}): {err}",
+                            self.kind,
+                            secs(delay)
                         );
                         sleep(delay).await;
                         continue;
                     }
                 },
             };
-            match self.watch(rv).await {
+            match self.watch(rv, &mut backoff).await {
                 Next::Relist => {
                     self.metrics.relist();
                     info!(
@@ -156,10 +235,11 @@ where
                 Next::Rewatch => {}
                 Next::Retry(err) => {
                     self.metrics.failure();
-                    let delay = backoff.delay();
+                    let delay = backoff.after(&err);
                     warn!(
-                        "{} informer: watch failed, retrying in {delay:?}: {err}",
-                        self.kind
+                        "{} informer: watch failed (retry in {}): {err}",
+                        self.kind,
+                        secs(delay)
                     );
                     sleep(delay).await;
                 }
@@ -196,7 +276,8 @@ where
     }
 
     /// One watch call from `rv`, applying its events and advancing `rv`.
-    async fn watch(&self, rv: &mut String) -> Next {
+    /// Anything the watch delivers resets `backoff`.
+    async fn watch(&self, rv: &mut String, backoff: &mut Backoff) -> Next {
         let timeout_secs = WATCH_TIMEOUT_SECS + rand::random_range(0..WATCH_JITTER_SECS);
         debug!("{} informer: watching from resourceVersion {rv}", self.kind);
         self.metrics.watch();
@@ -226,6 +307,7 @@ where
                         "{} informer: watch ended at resourceVersion {rv}",
                         self.kind
                     );
+                    backoff.reset();
                     return Next::Rewatch;
                 }
                 Ok(Some(event)) => event,
@@ -233,6 +315,7 @@ where
             seen_any = true;
             match event {
                 Ok(WatchEvent::Added(obj)) | Ok(WatchEvent::Modified(obj)) => {
+                    backoff.reset();
                     self.metrics.watch_event();
                     let obj = prepare(obj);
                     advance(rv, &*obj);
@@ -245,6 +328,7 @@ where
                     self.notify(&change);
                 }
                 Ok(WatchEvent::Deleted(obj)) => {
+                    backoff.reset();
                     self.metrics.watch_event();
                     let obj = prepare(obj);
                     advance(rv, &*obj);
@@ -257,10 +341,12 @@ where
                     self.notify(&change);
                 }
                 Ok(WatchEvent::Bookmark(bookmark)) => {
+                    backoff.reset();
                     *rv = bookmark.metadata.resource_version;
+                    debug!("{} informer: bookmark at {rv}", self.kind);
                 }
                 Ok(WatchEvent::Error(status)) if status_is_gone(&status) => return Next::Relist,
-                Ok(WatchEvent::Error(status)) => return Next::Retry(Failure::Event { status }),
+                Ok(WatchEvent::Error(status)) => return Next::Retry(Failure::Event(status)),
                 Err(err) if is_gone(&err) => return Next::Relist,
                 Err(err) => return Next::Retry(err.into()),
             }
@@ -272,5 +358,88 @@ where
 fn advance<K: Resource>(rv: &mut String, obj: &K) {
     if let Some(version) = &obj.meta().resource_version {
         rv.clone_from(version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(code: u16, reason: &str, message: &str) -> Box<Status> {
+        Status::failure(message, reason).with_code(code).boxed()
+    }
+
+    #[test]
+    fn failures_read_as_one_line_with_code_and_message() {
+        let forbidden = Failure::Api(kube_client::Error::Api(refusal(
+            403,
+            "Forbidden",
+            "secrets is forbidden: User \"x\" cannot list",
+        )));
+        assert_eq!(
+            forbidden.to_string(),
+            "403 secrets is forbidden: User \"x\" cannot list"
+        );
+        assert!(forbidden.is_forbidden());
+
+        let event = Failure::Event(refusal(500, "InternalError", "etcd is down"));
+        assert_eq!(event.to_string(), "error event: 500 etcd is down");
+        assert!(!event.is_forbidden());
+        // A 403 as a watch error event is a 403 too.
+        assert!(Failure::Event(refusal(403, "Forbidden", "no")).is_forbidden());
+
+        // Without a message, the reason stands in.
+        let bare = Failure::Api(kube_client::Error::Api(refusal(
+            503,
+            "ServiceUnavailable",
+            "",
+        )));
+        assert_eq!(bare.to_string(), "503 ServiceUnavailable");
+
+        for failure in [forbidden, event, bare] {
+            let line = failure.to_string();
+            assert!(!line.contains('\n') && !line.contains("Status"), "{line}");
+        }
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Connect(#[source] std::io::Error);
+
+    #[test]
+    fn transport_failures_name_their_causes_once() {
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let failure = Failure::Api(kube_client::Error::Service(Box::new(Connect(refused()))));
+        assert_eq!(
+            failure.to_string(),
+            "ServiceError: client error (Connect): refused"
+        );
+        let failure = Failure::Api(kube_client::Error::Service(Box::new(refused())));
+        assert_eq!(failure.to_string(), "ServiceError: refused");
+    }
+
+    #[test]
+    fn list_failure_keeps_the_servers_message() {
+        let failure = ListFailure::of(&Failure::Api(kube_client::Error::Api(refusal(
+            403,
+            "Forbidden",
+            "nope",
+        ))));
+        assert_eq!(
+            failure,
+            ListFailure {
+                forbidden: true,
+                message: "nope".into()
+            }
+        );
+        let failure = ListFailure::of(&Failure::Timeout(Duration::from_secs(10)));
+        assert_eq!(failure.message, "no response within 10s");
+        assert!(!failure.forbidden);
+    }
+
+    #[test]
+    fn delays_are_logged_in_tenths_of_seconds() {
+        assert_eq!(secs(Duration::from_millis(1_749)), "1.7s");
+        assert_eq!(secs(Duration::from_secs(30)), "30.0s");
     }
 }

@@ -554,14 +554,20 @@ async fn watch_errors_back_off_then_rewatch() {
     let mut h = start(None);
     h.serve_list("1", vec![]).await;
 
-    // A watch closed at once without any event is a failure.
+    // A watch closed at once without any event is a failure; twice in a
+    // row, the delay doubles.
     let (_, feed) = h.open_watch().await;
     drop(feed);
     let t0 = Instant::now();
     let (_, feed) = h.open_watch().await;
     assert_backoff(t0.elapsed(), Backoff::INITIAL);
+    drop(feed);
+    let t0 = Instant::now();
+    let (_, feed) = h.open_watch().await;
+    assert_backoff(t0.elapsed(), Backoff::INITIAL * 2);
 
     // So is an error event other than 410; the watch resumes where it was.
+    // The event before it proved the watch works, so the delay starts over.
     feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "2"))))
         .unwrap();
     feed.unbounded_send(Ok(WatchEvent::Error(status(500, "InternalError"))))
@@ -569,21 +575,87 @@ async fn watch_errors_back_off_then_rewatch() {
     let t0 = Instant::now();
     let (rv, _, _reply) = h.expect_watch().await;
     assert_eq!(rv, "2");
-    assert_backoff(t0.elapsed(), Backoff::INITIAL * 2);
+    assert_backoff(t0.elapsed(), Backoff::INITIAL);
 }
 
 #[tokio::test(start_paused = true)]
-async fn backoff_grows_to_max_and_resets_after_healthy_period() {
+async fn backoff_grows_to_max_and_reset_starts_over() {
     let mut backoff = Backoff::new();
     assert_backoff(backoff.delay(), Backoff::INITIAL);
     assert_backoff(backoff.delay(), Backoff::INITIAL * 2);
+    // A 403 waits its fixed delay and does not move the exponential one.
+    assert_backoff(backoff.forbidden_delay(), Backoff::FORBIDDEN);
+    assert_backoff(backoff.delay(), Backoff::INITIAL * 4);
     for _ in 0..10 {
         backoff.delay();
     }
     assert_backoff(backoff.delay(), Backoff::MAX);
 
-    tokio::time::advance(Backoff::RESET_AFTER + Duration::from_secs(1)).await;
+    backoff.reset();
     assert_backoff(backoff.delay(), Backoff::INITIAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_starts_over_once_a_list_succeeds() {
+    let mut h = start(None);
+    for _ in 0..4 {
+        let (_, reply) = h.expect_list().await;
+        reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    }
+    // The fifth attempt came after 0.8 + 1.6 + 3.2 + 6.4 s; it succeeds.
+    h.serve_list("1", vec![]).await;
+
+    // The next failure waits the initial delay, not 12.8 s.
+    let (_, _, reply) = h.expect_watch().await;
+    reply
+        .send(Err(api_error(500, "InternalError")))
+        .map_err(drop)
+        .unwrap();
+    let t0 = Instant::now();
+    let (_, _, _reply) = h.expect_watch().await;
+    assert_backoff(t0.elapsed(), Backoff::INITIAL);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forbidden_is_retried_after_a_fixed_delay_without_growing_backoff() {
+    let mut h = start(None);
+    let mut last = Instant::now();
+    let mut gaps = Vec::new();
+    // As an API server that boots answers: errors, then 403s while RBAC
+    // loads, then another error.
+    for code in [500, 403, 403, 403, 403, 500] {
+        let (_, reply) = h.expect_list().await;
+        gaps.push(last.elapsed());
+        last = Instant::now();
+        let reason = if code == 403 {
+            "Forbidden"
+        } else {
+            "InternalError"
+        };
+        reply.send(Err(api_error(code, reason))).unwrap();
+    }
+    let (_, _reply) = h.expect_list().await;
+    gaps.push(last.elapsed());
+
+    assert_eq!(gaps[0], Duration::ZERO);
+    assert_backoff(gaps[1], Backoff::INITIAL);
+    for gap in &gaps[2..6] {
+        assert_backoff(*gap, Backoff::FORBIDDEN);
+    }
+    // The 403s did not grow the exponential delay: one doubling since.
+    assert_backoff(gaps[6], Backoff::INITIAL * 2);
+
+    // A watch refused with a 403 waits the same fixed delay.
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (_, _, reply) = h.expect_watch().await;
+    reply
+        .send(Err(api_error(403, "Forbidden")))
+        .map_err(drop)
+        .unwrap();
+    let t0 = Instant::now();
+    let (_, _, _reply) = h.expect_watch().await;
+    assert_backoff(t0.elapsed(), Backoff::FORBIDDEN);
 }
 
 #[tokio::test(start_paused = true)]
