@@ -87,8 +87,9 @@ pub struct ListFailure {
     pub message: String,
 }
 
-/// Whether an informer has completed its first list, and why the latest list
-/// failed if it did. Cheap to clone.
+/// Whether an informer has completed its first list, whether its cache is
+/// current (fresh), and why the latest list failed if it did. Cheap to
+/// clone.
 #[derive(Clone)]
 pub struct SyncedFlag {
     tx: Arc<watch::Sender<SyncState>>,
@@ -97,6 +98,7 @@ pub struct SyncedFlag {
 #[derive(Default)]
 struct SyncState {
     synced: bool,
+    fresh: bool,
     list_failure: Option<ListFailure>,
 }
 
@@ -107,20 +109,43 @@ impl SyncedFlag {
         }
     }
 
+    /// A list completed: synced and fresh.
     fn set(&self) {
         self.tx.send_replace(SyncState {
             synced: true,
+            fresh: true,
             list_failure: None,
         });
     }
 
     fn set_list_failure(&self, failure: ListFailure) {
-        self.tx.send_modify(|s| s.list_failure = Some(failure));
+        self.tx.send_modify(|s| {
+            s.fresh = false;
+            s.list_failure = Some(failure);
+        });
+    }
+
+    /// Marks the cache current (true) or possibly behind (false); wakes
+    /// waiters only on a change.
+    fn set_fresh(&self, fresh: bool) {
+        self.tx.send_if_modified(|s| {
+            let changed = s.fresh != fresh;
+            s.fresh = fresh;
+            changed
+        });
     }
 
     /// True once the cache holds a full list; it stays true.
     pub fn is_synced(&self) -> bool {
         self.tx.borrow().synced
+    }
+
+    /// True while the cache is current as far as the reflector knows: a
+    /// list completed, or the watch is running, and no list or watch call
+    /// failed since. False before the first list, from a failure or a 410
+    /// until the next list completes or a new watch has settled.
+    pub fn is_fresh(&self) -> bool {
+        self.tx.borrow().fresh
     }
 
     /// Why the latest list failed; `None` once a list succeeded.
@@ -140,6 +165,12 @@ impl SyncedFlag {
         let mut rx = self.tx.subscribe();
         let _ = rx.wait_for(|s| s.synced || s.list_failure.is_some()).await;
     }
+
+    /// Waits until [`is_fresh`](Self::is_fresh) is true.
+    pub async fn wait_fresh(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|s| s.fresh).await;
+    }
 }
 
 /// Waits until every flag is synced; false if `cancel` fires first.
@@ -148,6 +179,22 @@ pub async fn wait_for_cache_sync(flags: &[SyncedFlag], cancel: &CancellationToke
         biased;
         _ = cancel.cancelled() => false,
         _ = futures::future::join_all(flags.iter().map(SyncedFlag::wait)) => true,
+    }
+}
+
+/// Waits until every flag is fresh at the same time (checked in one pass,
+/// after the last wait); false if `cancel` fires first. Returns at once when
+/// all are fresh already.
+pub async fn wait_for_fresh(flags: &[SyncedFlag], cancel: &CancellationToken) -> bool {
+    let all_fresh = async {
+        while let Some(behind) = flags.iter().find(|flag| !flag.is_fresh()) {
+            behind.wait_fresh().await;
+        }
+    };
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => false,
+        _ = all_fresh => true,
     }
 }
 

@@ -11,7 +11,7 @@ use kube_client::core::Status;
 use kube_client::Resource;
 use log::{debug, info, warn};
 use serde::de::DeserializeOwned;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::{sleep, timeout, timeout_at, Instant};
 
 use super::{Informer, ListFailure, ObjectKey};
 
@@ -24,6 +24,15 @@ pub(super) const WATCH_JITTER_SECS: u32 = 30;
 /// A watch that ends without any event sooner than this counts as a failure,
 /// so a server that closes watches at once is not hammered.
 const SHORT_WATCH: Duration = Duration::from_secs(1);
+/// A watch re-established after a failure makes the cache fresh once it
+/// stayed quiet this long (its backlog delivered; not shorter than
+/// [`SHORT_WATCH`], so a watch the server closes at once never counts),
+/// or sent a bookmark...
+pub(super) const SETTLE: Duration = SHORT_WATCH;
+/// ...or, on a busy stream that never goes quiet, this long after it was
+/// established.
+pub(super) const SETTLE_MAX: Duration = Duration::from_secs(5);
+
 /// Why a list or watch attempt failed.
 #[derive(Debug)]
 enum Failure {
@@ -226,6 +235,7 @@ where
             match self.watch(rv, &mut backoff).await {
                 Next::Relist => {
                     self.metrics.relist();
+                    self.synced.set_fresh(false);
                     info!(
                         "{} informer: resourceVersion {rv} is too old, relisting",
                         self.kind
@@ -235,6 +245,7 @@ where
                 Next::Rewatch => {}
                 Next::Retry(err) => {
                     self.metrics.failure();
+                    self.synced.set_fresh(false);
                     let delay = backoff.after(&err);
                     warn!(
                         "{} informer: watch failed (retry in {}): {err}",
@@ -276,7 +287,8 @@ where
     }
 
     /// One watch call from `rv`, applying its events and advancing `rv`.
-    /// Anything the watch delivers resets `backoff`.
+    /// Anything the watch delivers resets `backoff`; if the cache was not
+    /// fresh, it becomes fresh once the watch settles (see [`SETTLE`]).
     async fn watch(&self, rv: &mut String, backoff: &mut Backoff) -> Next {
         let timeout_secs = WATCH_TIMEOUT_SECS + rand::random_range(0..WATCH_JITTER_SECS);
         debug!("{} informer: watching from resourceVersion {rv}", self.kind);
@@ -289,9 +301,20 @@ where
             Ok(Ok(events)) => events,
         };
         let started = Instant::now();
+        let mut settling = !self.synced.is_fresh();
         let mut seen_any = false;
         loop {
-            let event = match timeout(self.idle_timeout, events.next()).await {
+            let deadline = if settling {
+                (Instant::now() + SETTLE).min(started + SETTLE_MAX)
+            } else {
+                Instant::now() + self.idle_timeout
+            };
+            let event = match timeout_at(deadline, events.next()).await {
+                Err(_) if settling => {
+                    settling = false;
+                    self.synced.set_fresh(true);
+                    continue;
+                }
                 Err(_) => {
                     warn!(
                         "{} informer: no watch event for {:?}, watching again",
@@ -344,6 +367,10 @@ where
                     backoff.reset();
                     *rv = bookmark.metadata.resource_version;
                     debug!("{} informer: bookmark at {rv}", self.kind);
+                    if settling {
+                        settling = false;
+                        self.synced.set_fresh(true);
+                    }
                 }
                 Ok(WatchEvent::Error(status)) if status_is_gone(&status) => return Next::Relist,
                 Ok(WatchEvent::Error(status)) => return Next::Retry(Failure::Event(status)),

@@ -17,7 +17,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::reflector::{Backoff, PAGE_SIZE, WATCH_JITTER_SECS, WATCH_TIMEOUT_SECS};
+use super::reflector::{
+    Backoff, PAGE_SIZE, SETTLE, SETTLE_MAX, WATCH_JITTER_SECS, WATCH_TIMEOUT_SECS,
+};
 use super::*;
 
 type Cm = ConfigMap;
@@ -836,6 +838,154 @@ async fn panicking_handler_does_not_stop_the_informer() {
     assert_eq!(panics.0.load(std::sync::atomic::Ordering::SeqCst), 3);
     assert!(!h.task.is_finished());
     h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_after_a_list_and_through_normal_watch_ends() {
+    let mut h = start(None);
+    assert!(!h.synced.is_fresh(), "fresh before any list");
+    h.serve_list("1", vec![]).await;
+    h.synced.wait().await;
+    assert!(h.synced.is_fresh());
+
+    // A watch the server ends after its timeout.
+    let (_, feed) = h.open_watch().await;
+    tokio::time::sleep(Duration::from_secs(WATCH_TIMEOUT_SECS.into())).await;
+    drop(feed);
+    // Ends after events.
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "2"))))
+        .unwrap();
+    drop(feed);
+    // Goes silent past the idle timeout.
+    let (_, _feed) = h.open_watch().await;
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "2");
+    assert!(h.synced.is_fresh());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_watch_is_not_fresh_until_a_new_watch_settles() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Err(api_error(500, "InternalError")))
+        .unwrap();
+
+    // Not fresh from the failure, through the backoff.
+    let (_, _, reply) = h.expect_watch().await;
+    assert!(!h.synced.is_fresh());
+    assert!(h.synced.is_synced(), "readiness does not flap");
+    let (feed, events) = unbounded();
+    reply.send(Ok(events.boxed())).map_err(drop).unwrap();
+    let t0 = Instant::now();
+
+    // The backlog arrives; the cache is fresh once the stream went quiet.
+    tokio::time::sleep(SETTLE / 2).await;
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "2"))))
+        .unwrap();
+    h.seen(1).await;
+    assert!(!h.synced.is_fresh());
+    h.synced.wait_fresh().await;
+    assert_eq!(t0.elapsed(), SETTLE / 2 + SETTLE);
+
+    // A bookmark settles a new watch at once.
+    feed.unbounded_send(Ok(WatchEvent::Error(status(500, "InternalError"))))
+        .unwrap();
+    let (_, feed) = h.open_watch().await;
+    assert!(!h.synced.is_fresh());
+    let t0 = Instant::now();
+    feed.unbounded_send(Ok(bookmark("3"))).unwrap();
+    h.synced.wait_fresh().await;
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+
+    // A stream too busy to go quiet settles after SETTLE_MAX.
+    feed.unbounded_send(Ok(WatchEvent::Error(status(500, "InternalError"))))
+        .unwrap();
+    let (_, feed) = h.open_watch().await;
+    let t0 = Instant::now();
+    let busy = tokio::spawn(async move {
+        for i in 0.. {
+            tokio::time::sleep(SETTLE / 4).await;
+            if feed
+                .unbounded_send(Ok(WatchEvent::Modified(cm("a", &format!("{}", 10 + i)))))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    h.synced.wait_fresh().await;
+    assert_eq!(t0.elapsed(), SETTLE_MAX);
+    busy.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_keeps_the_cache_stale_until_the_relist_completes() {
+    let mut h = start(None);
+    h.serve_list("1", vec![cm("a", "1")]).await;
+    h.seen(1).await;
+
+    // The API server went away: the watch fails.
+    let (_, feed) = h.open_watch().await;
+    drop(feed);
+    assert!(h.synced.is_fresh());
+    let (_, _, reply) = h.expect_watch().await;
+    assert!(!h.synced.is_fresh());
+    // It is back with a compacted history: the new watch is accepted, then
+    // answers 410 at once, before it could settle.
+    let (feed, events) = unbounded();
+    reply.send(Ok(events.boxed())).map_err(drop).unwrap();
+    feed.unbounded_send(Ok(WatchEvent::Error(status(410, "Expired"))))
+        .unwrap();
+
+    // The relist fails once: still not fresh, still synced.
+    let (_, reply) = h.expect_list().await;
+    assert!(!h.synced.is_fresh());
+    reply.send(Err(api_error(500, "InternalError"))).unwrap();
+    let (_, reply) = h.expect_list().await;
+    assert!(!h.synced.is_fresh());
+    assert!(h.synced.is_synced());
+
+    // The relist that completes makes it fresh, with the changes delivered.
+    reply.send(Ok(page("9", vec![], None))).unwrap();
+    h.synced.wait_fresh().await;
+    assert_eq!(h.seen(1).await, ["delete default/a@1"]);
+    assert_eq!(h.cached("a"), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_for_fresh_needs_every_flag_fresh_at_once() {
+    let (a, b) = (SyncedFlag::new(), SyncedFlag::new());
+    a.set();
+    let cancel = CancellationToken::new();
+
+    // b turns fresh just as a turns stale, then a turns fresh again.
+    let (a2, b2) = (a.clone(), b.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a2.set_fresh(false);
+        b2.set();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        a2.set_fresh(true);
+    });
+    let t0 = Instant::now();
+    assert!(wait_for_fresh(&[a.clone(), b.clone()], &cancel).await);
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+    assert!(a.is_fresh() && b.is_fresh());
+
+    // At once when all are fresh.
+    assert!(wait_for_fresh(&[a.clone(), b.clone()], &cancel).await);
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+
+    // False on cancel.
+    b.set_fresh(false);
+    let canceller = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        canceller.cancel();
+    });
+    assert!(!wait_for_fresh(&[a, b], &cancel).await);
 }
 
 mod selectors {
