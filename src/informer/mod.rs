@@ -2,12 +2,35 @@
 //! event handlers and periodic resync, in the style of client-go's
 //! `SharedIndexInformer` (one informer per kind, shared by the controller).
 //!
-//! The reflector lists every object (page by page), replaces the cache with
-//! the result, then watches from the list's resourceVersion. A watch that the
-//! server ends, or that stays silent longer than the idle timeout, is resumed
-//! from the last resourceVersion seen (events and bookmarks advance it); a
-//! `410 Gone` means that version is too old, so the reflector lists again.
-//! Other failures are retried after an exponential backoff.
+//! The reflector lists every object (page by page), swaps the result into
+//! the cache in one step, then watches from the list's resourceVersion. A
+//! watch that the server ends, or that stays silent longer than the idle
+//! timeout, is resumed from the last resourceVersion seen (events and
+//! bookmarks advance it); a `410 Gone` means that version is too old, so the
+//! reflector lists again. [`ApiSource`] narrows both calls with a label and
+//! a field selector.
+//!
+//! Failures are retried after an exponential backoff (800 ms doubling to
+//! 30 s, with jitter) that starts over as soon as a list succeeds or a watch
+//! delivers something; a 403, which an API server answers while it boots
+//! and RBAC is not loaded yet, is retried after a fixed ~2 s instead and
+//! does not grow the backoff. Each failure is logged as one line: the call,
+//! the kind and, for an API error, the status code and the server's message.
+//!
+//! The cache is indexed by namespace: [`Lister::list_namespaced`] costs the
+//! objects of that namespace only.
+//!
+//! [`SyncedFlag`] tells two things: *synced* (a first list completed; it
+//! stays true, for readiness) and *fresh* (the cache is current as far as
+//! the reflector knows). A cache stops being fresh when a list or watch call
+//! fails or a 410 forces a relist, and is fresh again once a list completed,
+//! or once a re-established watch has settled: gone quiet for 1 s (its
+//! backlog delivered), sent a bookmark, or run 5 s on a busy stream. Not
+//! on the watch call alone: a server back from a restart with a compacted
+//! history accepts the call and sends the 410 as its first event. A normal
+//! end of a watch does not touch it. [`wait_for_fresh`] lets consumers hold work until several caches are
+//! fresh at once, so no decision mixes a relisted cache with one that has
+//! not relisted yet.
 //!
 //! Handlers run on the informer task right after the cache changed, so they
 //! must be cheap (enqueue a key and return). A handler that panics is
