@@ -107,15 +107,13 @@ fn chain(err: &kube_client::Error) -> String {
 impl ListFailure {
     /// The API server's own words when it answered with an error status.
     fn of(err: &Failure) -> Self {
-        match err.status() {
-            Some(status) if !status.message.is_empty() => ListFailure {
-                forbidden: err.is_forbidden(),
-                message: status.message.clone(),
-            },
-            _ => ListFailure {
-                forbidden: err.is_forbidden(),
-                message: err.to_string(),
-            },
+        let message = match err.status() {
+            Some(status) if !status.message.is_empty() => status.message.clone(),
+            _ => err.to_string(),
+        };
+        ListFailure {
+            forbidden: err.is_forbidden(),
+            message,
         }
     }
 }
