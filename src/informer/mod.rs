@@ -28,7 +28,8 @@
 //! backlog delivered), sent a bookmark, or run 5 s on a busy stream. Not
 //! on the watch call alone: a server back from a restart with a compacted
 //! history accepts the call and sends the 410 as its first event. A normal
-//! end of a watch does not touch it. [`wait_for_fresh`] lets consumers hold work until several caches are
+//! end of a watch, or a rewatch after the idle timeout, does not touch it.
+//! [`wait_for_fresh`] lets consumers hold work until several caches are
 //! fresh at once, so no decision mixes a relisted cache with one that has
 //! not relisted yet.
 //!
