@@ -222,6 +222,45 @@ pub fn default_namespace() -> String {
 #[error("leader election lost: {0}")]
 pub struct LostLease(String);
 
+/// Whether this process may act as the leader, as its election loop last
+/// knew it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leadership {
+    /// Not leading.
+    Standby,
+    /// Leading, but only until this instant (the last renewal plus the renew
+    /// deadline) unless renewed again: by its own clock, a leader that has
+    /// not renewed in time may already have been replaced.
+    Until(Instant),
+    /// No leader election: always leading.
+    Always,
+}
+
+impl Leadership {
+    /// Whether work may start at `now`.
+    pub fn is_valid_at(self, now: Instant) -> bool {
+        match self {
+            Leadership::Standby => false,
+            Leadership::Until(until) => now < until,
+            Leadership::Always => true,
+        }
+    }
+
+    /// Waits until work may start; never returns once the sender is gone
+    /// while not leading.
+    pub async fn wait_valid(rx: &mut watch::Receiver<Leadership>) {
+        loop {
+            let current = *rx.borrow_and_update();
+            if current.is_valid_at(Instant::now()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
 /// Result of one attempt.
 enum Attempt {
     Leading,
@@ -264,13 +303,14 @@ impl LeaderElection {
         self.elector.identity()
     }
 
-    /// Campaigns until it leads, then sets `leading` and renews. Returns
+    /// Campaigns until it leads, then publishes in `leading` until when it
+    /// leads, after each renewal. Returns
     /// `Ok` after releasing the lease once `release` fires (or at once if it
     /// fires before this process leads), and [`LostLease`] if leadership is
     /// lost.
     pub async fn run(
         mut self,
-        leading: watch::Sender<bool>,
+        leading: watch::Sender<Leadership>,
         release: CancellationToken,
     ) -> Result<(), LostLease> {
         let lease = format!("{}/{}", self.namespace, self.name);
@@ -311,7 +351,7 @@ impl LeaderElection {
             "leader election: became leader: acquired lease {lease} as {}",
             self.identity()
         );
-        leading.send_replace(true);
+        leading.send_replace(Leadership::Until(renewed + self.timing.renew_deadline));
         loop {
             tokio::select! {
                 _ = release.cancelled() => {
@@ -323,7 +363,10 @@ impl LeaderElection {
             let started = Instant::now();
             let left = self.timing.renew_deadline.saturating_sub(renewed.elapsed());
             match timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(Attempt::Leading)) => renewed = started,
+                Ok(Ok(Attempt::Leading)) => {
+                    renewed = started;
+                    leading.send_replace(Leadership::Until(renewed + self.timing.renew_deadline));
+                }
                 Ok(Ok(Attempt::HeldBy { holder, .. })) => {
                     return Err(LostLease(format!("lease {lease} is now held by {holder}")))
                 }

@@ -25,7 +25,13 @@ fn main() -> std::process::ExitCode {
         print!("{}", serde_saphyr::to_string(&crd).expect("CRD serializes"));
         return std::process::ExitCode::SUCCESS;
     }
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // kube-client logs every failed request at ERROR; the controller logs
+    // the same failure once, with the call it was for.
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("kube_client::client::builder", log::LevelFilter::Off)
+        .parse_env(env_logger::Env::default())
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

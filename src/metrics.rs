@@ -47,6 +47,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResourceLabels {
     resource: String,
 }
@@ -87,8 +92,8 @@ pub enum ReconcileResult {
     Success,
     /// Done for now; look again after a delay.
     RequeueAfter,
-    /// Failed; retried with backoff.
-    Error,
+    /// Failed (with the reason's metric label); retried with backoff.
+    Error(&'static str),
 }
 
 impl ReconcileResult {
@@ -96,7 +101,7 @@ impl ReconcileResult {
         match self {
             Self::Success => "success",
             Self::RequeueAfter => "requeue_after",
-            Self::Error => "error",
+            Self::Error(_) => "error",
         }
     }
 }
@@ -112,9 +117,9 @@ pub struct Metrics {
     work_duration: HistogramFamily<QueueLabels>,
     unfinished: Arc<UnfinishedWorkCollector>,
     reconciles: Family<ResultLabels, Counter>,
-    reconcile_errors: Counter,
+    reconcile_errors: Family<ReasonLabels, Counter>,
     reconcile_duration: Histogram,
-    reflector: [Family<ResourceLabels, Counter>; 5],
+    reflector: [Family<ResourceLabels, Counter>; 6],
     rpc_requests: Family<RpcLabels, Counter>,
     rpc_duration: HistogramFamily<MethodLabels>,
     leader: Gauge,
@@ -166,7 +171,7 @@ impl Metrics {
         r.register_collector(Box::new(unfinished.clone()));
 
         let reconciles = Family::default();
-        let reconcile_errors = Counter::default();
+        let reconcile_errors = Family::default();
         let reconcile_duration = reconcile_histogram();
         r.register(
             "bitcoin_controller_reconcile",
@@ -175,7 +180,7 @@ impl Metrics {
         );
         r.register(
             "bitcoin_controller_reconcile_errors",
-            "Reconciles of BitcoinNetworks that failed",
+            "Reconciles of BitcoinNetworks that failed, by reason (a Degraded reason, KubeApi, CacheNotSynced or Panic)",
             reconcile_errors.clone(),
         );
         r.register(
@@ -184,7 +189,7 @@ impl Metrics {
             reconcile_duration.clone(),
         );
 
-        let reflector: [Family<ResourceLabels, Counter>; 5] = Default::default();
+        let reflector: [Family<ResourceLabels, Counter>; 6] = Default::default();
         for (family, (name, help)) in reflector.iter().zip([
             ("lists", "Complete lists (all pages) by resource"),
             ("watches", "Watch calls by resource"),
@@ -199,6 +204,10 @@ impl Metrics {
             (
                 "watch_events",
                 "Added, modified and deleted watch events by resource",
+            ),
+            (
+                "handler_panics",
+                "Event handlers that panicked (caught; the informer goes on)",
             ),
         ]) {
             r.register(
@@ -232,7 +241,7 @@ impl Metrics {
         for result in [
             ReconcileResult::Success,
             ReconcileResult::RequeueAfter,
-            ReconcileResult::Error,
+            ReconcileResult::Error(""),
         ] {
             // Present (at 0) from the start, so rates work before the first error.
             let _ = reconciles.get_or_create(&ResultLabels {
@@ -287,7 +296,7 @@ impl Metrics {
         let labels = ResourceLabels {
             resource: resource.to_owned(),
         };
-        let [lists, watches, relists, failures, events] = self
+        let [lists, watches, relists, failures, events, handler_panics] = self
             .reflector
             .each_ref()
             .map(|f| f.get_or_create(&labels).clone());
@@ -297,6 +306,7 @@ impl Metrics {
             relists,
             failures,
             events,
+            handler_panics,
         })
     }
 
@@ -312,8 +322,10 @@ impl Metrics {
                 result: result.label(),
             })
             .inc();
-        if result == ReconcileResult::Error {
-            self.reconcile_errors.inc();
+        if let ReconcileResult::Error(reason) = result {
+            self.reconcile_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
         }
         self.reconcile_duration.observe(took.as_secs_f64());
     }
@@ -383,6 +395,7 @@ struct ResourceReflectorMetrics {
     relists: Counter,
     failures: Counter,
     events: Counter,
+    handler_panics: Counter,
 }
 
 impl ReflectorMetrics for ResourceReflectorMetrics {
@@ -400,6 +413,9 @@ impl ReflectorMetrics for ResourceReflectorMetrics {
     }
     fn watch_event(&self) {
         self.events.inc();
+    }
+    fn handler_panic(&self) {
+        self.handler_panics.inc();
     }
 }
 
@@ -546,7 +562,10 @@ mod tests {
         reflector.watch_event();
         reflector.watch_event();
         metrics.reconciled(ReconcileResult::Success, Duration::from_millis(30));
-        metrics.reconciled(ReconcileResult::Error, Duration::from_millis(10));
+        metrics.reconciled(
+            ReconcileResult::Error("NodeSyncFailed"),
+            Duration::from_millis(10),
+        );
         let rpc = metrics.rpc();
         rpc.observe("getaddednodeinfo", "success", Duration::from_millis(3));
         rpc.observe("addnode", "timeout", Duration::from_secs(2));
@@ -563,7 +582,7 @@ mod tests {
             "workqueue_longest_running_processor_seconds{name=\"networks\"} 0",
             "bitcoin_controller_reconcile_total{result=\"success\"} 1",
             "bitcoin_controller_reconcile_total{result=\"error\"} 1",
-            "bitcoin_controller_reconcile_errors_total 1",
+            "bitcoin_controller_reconcile_errors_total{reason=\"NodeSyncFailed\"} 1",
             "bitcoin_controller_reconcile_duration_seconds_count 2",
             "bitcoin_controller_reflector_lists_total{resource=\"pods\"} 1",
             "bitcoin_controller_reflector_watches_total{resource=\"pods\"} 1",

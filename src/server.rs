@@ -69,6 +69,8 @@ pub type SyncCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 pub struct Health {
     caches: Arc<Vec<(String, SyncCheck)>>,
     shutting_down: Arc<AtomicBool>,
+    /// Why the process is failing (an informer or worker died); it exits.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Health {
@@ -77,7 +79,14 @@ impl Health {
         Self {
             caches: Arc::new(caches),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            failed: Arc::default(),
         }
+    }
+
+    /// From now on not ready, saying why (a task the controller needs
+    /// died; the process is about to exit with an error).
+    pub fn set_failed(&self, why: String) {
+        *self.failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
     }
 
     /// From now on not ready (the process is stopping).
@@ -98,6 +107,15 @@ impl Health {
                 if synced { "+" } else { "-" },
                 if synced { "synced" } else { "not synced" }
             ));
+        }
+        if let Some(why) = self
+            .failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_deref()
+        {
+            ready = false;
+            body.push_str(&format!("[-] failed: {why}\n"));
         }
         if self.shutting_down.load(Ordering::Relaxed) {
             ready = false;
@@ -308,6 +326,16 @@ mod tests {
         assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
         assert!(out.contains("Content-Length: "), "{out}");
         assert!(out.ends_with("readyz check passed\n"), "{out}");
+
+        // A dead informer or worker: not ready, saying which.
+        let failing = health.clone();
+        failing.set_failed("the pods informer stopped".into());
+        let out = get(addr, &req("/readyz")).await;
+        assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
+        assert!(
+            out.contains("[-] failed: the pods informer stopped"),
+            "{out}"
+        );
 
         health.set_shutting_down();
         assert!(get(addr, &req("/readyz"))

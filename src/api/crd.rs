@@ -2,7 +2,12 @@
 //! Rust types, so the schema the API server enforces is the one the controller
 //! deserializes. `manifests/crd.yaml` is this output (CI checks for drift).
 
-use super::{BitcoinNetworkSpec, BitcoinNetworkStatus, GROUP, KIND, PLURAL, VERSION};
+use super::{
+    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, KIND, PLURAL, VERSION,
+};
+#[cfg(doc)]
+use crate::controller::resources::is_image_reference;
+use crate::controller::resources::MAX_NAME_LENGTH;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceColumnDefinition, CustomResourceDefinition, CustomResourceDefinitionNames,
     CustomResourceDefinitionSpec, CustomResourceDefinitionVersion, CustomResourceSubresourceScale,
@@ -31,19 +36,48 @@ fn schema_of<T: JsonSchema>() -> Value {
     value
 }
 
+/// CEL rule of `metadata.name` (see [`MAX_NAME_LENGTH`] for the length).
+const NAME_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
+/// CEL rule of `spec.image`: what [`is_image_reference`] accepts.
+const IMAGE_RULE: &str = "self == '' || self.matches('^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$')";
+
 /// JSON path of the label selector the scale subresource reports.
 pub const SELECTOR_PATH: &str = ".status.selector";
 
 /// The CustomResourceDefinition for `BitcoinNetwork`.
 pub fn crd() -> CustomResourceDefinition {
+    let mut spec = schema_of::<BitcoinNetworkSpec>();
+    spec["properties"]["image"]["x-kubernetes-validations"] = json!([{
+        "rule": IMAGE_RULE,
+        "message": format!(
+            "spec.image must be an image reference such as {DEFAULT_IMAGE}: letters, digits and \
+             . _ / : @ - only, starting with a letter or digit, no whitespace"
+        ),
+    }]);
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "description": "A private Bitcoin regtest network managed by bitcoin-controller.",
         "required": ["spec"],
         "properties": {
-            "spec": schema_of::<BitcoinNetworkSpec>(),
+            "spec": spec,
             "status": schema_of::<BitcoinNetworkStatus>(),
         },
+        "x-kubernetes-validations": [
+            {
+                "rule": format!("self.metadata.name.size() <= {MAX_NAME_LENGTH}"),
+                "message": format!(
+                    "metadata.name may have at most {MAX_NAME_LENGTH} characters: the label \
+                     controller-revision-hash=<name>-sts-<10-character hash> of the network's \
+                     pods must fit in 63"
+                ),
+            },
+            {
+                "rule": NAME_RULE,
+                "message": "metadata.name must be a DNS-1035 label (lowercase letters, digits \
+                            and '-', starting with a letter, ending with a letter or digit): \
+                            the network's Service <name>-svc must be one",
+            },
+        ],
     }))
     .expect("generated schema is valid JSONSchemaProps");
 
@@ -212,6 +246,31 @@ mod tests {
         assert_eq!(nodes["minimum"], 0.0);
         assert_eq!(nodes["maximum"], f64::from(crate::api::MAX_NODES));
         assert_eq!(s["properties"]["spec"]["required"], json!(["nodes"]));
+    }
+
+    #[test]
+    fn names_and_images_that_cannot_work_are_refused_with_a_message() {
+        let s = schema();
+        let rules = s["x-kubernetes-validations"].as_array().unwrap();
+        assert_eq!(rules[0]["rule"], "self.metadata.name.size() <= 48");
+        assert!(rules[0]["message"].as_str().unwrap().contains("at most 48"));
+        assert!(rules[1]["rule"].as_str().unwrap().contains("matches("));
+        let image = &s["properties"]["spec"]["properties"]["image"]["x-kubernetes-validations"][0];
+        assert_eq!(image["rule"], IMAGE_RULE);
+        assert!(image["message"].as_str().unwrap().starts_with("spec.image"));
+        // The controller's own check agrees with the CEL pattern.
+        use crate::controller::resources::is_image_reference;
+        for ok in [
+            "",
+            "bitcoin/bitcoin:29.0",
+            "localhost:5000/x/y@sha256:ab12",
+            "regtest-node:test",
+        ] {
+            assert!(is_image_reference(ok), "{ok}");
+        }
+        for bad in [" bitcoin", "bitcoin ", "a\tb", "-x", "x y", "UPPER CASE"] {
+            assert!(!is_image_reference(bad), "{bad:?}");
+        }
     }
 
     /// Structural schemas need a type on every node and no $ref.

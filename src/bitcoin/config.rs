@@ -39,9 +39,22 @@ pub fn is_valid_rpc_user(user: &str) -> bool {
             .any(|c| c == ':' || c == '#' || c.is_whitespace() || c.is_control())
 }
 
-/// 16 random bytes for [`rpcauth`], from the thread-local CSPRNG.
-pub fn random_salt() -> [u8; 16] {
-    rand::rng().random()
+/// The salt of a network's [`rpcauth`] line: HMAC-SHA256 keyed with the
+/// password over the network's uid and the user, cut to 16 bytes. It depends
+/// only on the network and its credentials, so every reconcile, on any
+/// replica and whatever its caches hold, renders the same configuration,
+/// and the pods roll only when the credentials change. A new network (new
+/// uid) or new credentials get a new salt. It reveals nothing the `rpcauth`
+/// hash next to it does not.
+pub fn derived_salt(network_uid: &str, user: &str, password: &str) -> [u8; 16] {
+    let mut mac = Hmac::<Sha256>::new_from_slice(password.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(b"bitcoin-controller rpcauth salt\0");
+    mac.update(network_uid.as_bytes());
+    mac.update(b"\0");
+    mac.update(user.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    digest[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
 /// A fresh RPC password: 43 characters from `[A-Za-z0-9]` (safe in URLs,
@@ -111,7 +124,20 @@ mod tests {
         assert_eq!(p.len(), PASSWORD_LEN);
         assert!(p.chars().all(|c| c.is_ascii_alphanumeric()), "{p}");
         assert_ne!(p, random_password());
-        assert_ne!(random_salt(), random_salt());
+    }
+
+    #[test]
+    fn derived_salts_depend_on_network_and_credentials_only() {
+        let salt = derived_salt("uid-1", "alice", "pw");
+        assert_eq!(salt, derived_salt("uid-1", "alice", "pw"));
+        assert_ne!(salt, derived_salt("uid-2", "alice", "pw"));
+        assert_ne!(salt, derived_salt("uid-1", "bob", "pw"));
+        assert_ne!(salt, derived_salt("uid-1", "alice", "pw2"));
+        // The separator keeps uid and user apart.
+        assert_ne!(
+            derived_salt("uid-1a", "lice", "pw"),
+            derived_salt("uid-1", "alice", "pw")
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ mod config;
 mod rpc;
 
 pub use config::{
-    is_valid_rpc_user, random_password, random_salt, render_bitcoin_conf, rpcauth, P2P_PORT,
+    derived_salt, is_valid_rpc_user, random_password, render_bitcoin_conf, rpcauth, P2P_PORT,
     RPC_PORT,
 };
 pub use rpc::{

@@ -32,7 +32,7 @@
 //!
 //! # Lifecycle
 //!
-//! ```ignore
+//! ```text
 //! let (recorder, task) = Recorder::with_options(client, RecorderOptions::default());
 //! let events = tokio::spawn(task.run(stop.clone()));
 //! // ... recorder.clone() into the workers ...

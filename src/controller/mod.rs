@@ -3,6 +3,7 @@
 
 pub mod connectivity;
 mod events;
+pub mod problem;
 mod reconcile;
 pub mod resources;
 pub mod router;
@@ -13,27 +14,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::BitcoinNetwork;
 use crate::bitcoin::RpcClient;
-use crate::informer::{wait_for_cache_sync, Informer, Lister, ObjectKey, SyncedFlag};
-use crate::leader::{self, LeaderElection, LostLease, Timing};
+use crate::informer::{
+    wait_for_cache_sync, wait_for_fresh, ApiSource, Informer, Lister, ObjectKey, SyncedFlag,
+};
+use crate::leader::{self, LeaderElection, Leadership, LostLease, Timing};
 use crate::metrics::{Metrics, ReconcileResult};
 use crate::server::{self, Health, SyncCheck};
 use crate::workqueue::{default_controller_rate_limiter, WorkQueue};
 
-pub use events::{EventType, Recorder};
-pub use reconcile::{reconcile, Action, Error};
+pub use events::{EventType, Recorder, RecorderOptions, RecorderTask};
+pub use problem::{Error, Problem, Reason};
+pub use reconcile::{reconcile, Action, FIELD_MANAGER};
 pub use router::Router;
-pub use secrets::{SecretAccess, SecretCaches};
+pub use secrets::{SecretAccess, SecretCaches, SecretView};
 
 /// Command-line options of `bitcoin-controller run`.
 #[derive(clap::Args, Debug, Clone)]
@@ -107,6 +112,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// Where a reconcile sends its Events: the [`Recorder`], or a capture in
+/// tests.
+pub trait EventSink: Send + Sync {
+    /// Records an Event about `net`; never blocks, never fails. `message`
+    /// must never contain credentials.
+    fn publish(
+        &self,
+        net: &BitcoinNetwork,
+        type_: EventType,
+        reason: &'static str,
+        message: String,
+    );
+}
+
+impl EventSink for Recorder {
+    fn publish(
+        &self,
+        net: &BitcoinNetwork,
+        type_: EventType,
+        reason: &'static str,
+        message: String,
+    ) {
+        Recorder::publish(self, net, type_, reason, message);
+    }
+}
+
 /// Everything a reconcile reads and writes through.
 pub struct Context {
     pub client: Client,
@@ -116,7 +147,7 @@ pub struct Context {
     pub pods: Lister<Pod>,
     pub secrets: SecretCaches,
     pub rpc: RpcClient,
-    pub recorder: Recorder,
+    pub recorder: Arc<dyn EventSink>,
 }
 
 async fn client(opts: &Options) -> Result<Client, Box<dyn std::error::Error>> {
@@ -131,25 +162,120 @@ async fn client(opts: &Options) -> Result<Client, Box<dyn std::error::Error>> {
     Ok(Client::try_from(config)?)
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube_client::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// How long in-flight reconciles may take to finish on shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The four informers every reconcile reads, with their sync flags.
+struct Informers {
+    networks: Informer<BitcoinNetwork>,
+    statefulsets: Informer<StatefulSet>,
+    services: Informer<Service>,
+    pods: Informer<Pod>,
+}
+
+impl Informers {
+    const NAMES: [&'static str; 4] = ["bitcoinnetworks", "statefulsets", "services", "pods"];
+
+    /// Networks (all of them) and the owned kinds (only what carries the
+    /// controller's managed-by label).
+    fn new(client: &Client, opts: &Options, metrics: &Metrics) -> Self {
+        let ns = opts.namespace.as_deref();
+        let resync = (!opts.resync_period.is_zero()).then_some(opts.resync_period);
+        Informers {
+            networks: informer(client, ns, None, resync, metrics),
+            statefulsets: informer(
+                client,
+                ns,
+                Some(resources::MANAGED_BY_SELECTOR),
+                resync,
+                metrics,
+            ),
+            services: informer(
+                client,
+                ns,
+                Some(resources::MANAGED_BY_SELECTOR),
+                resync,
+                metrics,
+            ),
+            pods: informer(
+                client,
+                ns,
+                Some(resources::MANAGED_BY_SELECTOR),
+                resync,
+                metrics,
+            ),
+        }
+    }
+
+    fn flags(&self) -> [SyncedFlag; 4] {
+        [
+            self.networks.synced(),
+            self.statefulsets.synced(),
+            self.services.synced(),
+            self.pods.synced(),
+        ]
+    }
+
+    fn route_to(&mut self, router: &Arc<Router>) {
+        self.networks.add_event_handler(router.clone());
+        self.statefulsets.add_event_handler(router.clone());
+        self.services.add_event_handler(router.clone());
+        self.pods.add_event_handler(router.clone());
+    }
+
+    /// Runs every informer in `tasks`, each named after its resource.
+    fn spawn(self, tasks: &mut JoinSet<&'static str>, stop: &CancellationToken) {
+        let [n, s, v, p] = Self::NAMES;
+        tasks.spawn(self.networks.run(stop.clone()).map(move |()| n));
+        tasks.spawn(self.statefulsets.run(stop.clone()).map(move |()| s));
+        tasks.spawn(self.services.run(stop.clone()).map(move |()| v));
+        tasks.spawn(self.pods.run(stop.clone()).map(move |()| p));
+    }
+}
+
+/// What a worker waits for before it starts a reconcile: its leadership
+/// valid by its own clock, and every cache current (none is retrying or
+/// relisting after a failure, so no reconcile acts on a network the API
+/// server deleted while a cache was behind).
+#[derive(Clone)]
+struct Gate {
+    leadership: watch::Receiver<Leadership>,
+    caches: Arc<[SyncedFlag]>,
+    stop: CancellationToken,
+}
+
+impl Gate {
+    /// False when the controller stops first.
+    async fn open(&mut self) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => false,
+            _ = async {
+                loop {
+                    Leadership::wait_valid(&mut self.leadership).await;
+                    if !wait_for_fresh(&self.caches, &self.stop).await {
+                        return;
+                    }
+                    // Waiting for the caches takes time: check the lease again.
+                    if self.leadership.borrow().is_valid_at(Instant::now()) {
+                        return;
+                    }
+                }
+            } => !self.stop.is_cancelled(),
+        }
+    }
+}
+
 /// Runs the controller until SIGINT or SIGTERM (then returns `Ok` after
-/// finishing the work in progress and releasing the lease), or until the
-/// leader lease is lost (then returns an error at once).
+/// finishing the work in progress and releasing the lease), or until
+/// something it cannot work without fails: the lease is lost, an informer
+/// or worker task died (then returns an error at once, and the process
+/// exits non-zero so that Kubernetes restarts it).
 pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
     let client = client(&opts).await?;
-    let ns = opts.namespace.as_deref();
     let resync = (!opts.resync_period.is_zero()).then_some(opts.resync_period);
     let metrics = Metrics::new();
     let queue: WorkQueue<ObjectKey> = WorkQueue::with_metrics(
@@ -158,28 +284,25 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
         metrics.workqueue("bitcoinnetworks"),
     );
 
-    let mut networks = informer::<BitcoinNetwork>(&client, ns, resync, &metrics);
-    let mut statefulsets = informer::<StatefulSet>(&client, ns, resync, &metrics);
-    let mut services = informer::<Service>(&client, ns, resync, &metrics);
-    let mut pods = informer::<Pod>(&client, ns, resync, &metrics);
-
+    let mut informers = Informers::new(&client, &opts, &metrics);
     let router = Arc::new(Router::new(
         queue.clone(),
-        networks.lister(),
-        statefulsets.lister(),
+        informers.networks.lister(),
+        informers.statefulsets.lister(),
     ));
-    networks.add_event_handler(router.clone());
-    statefulsets.add_event_handler(router.clone());
-    services.add_event_handler(router.clone());
-    pods.add_event_handler(router.clone());
-
+    informers.route_to(&router);
+    let flags = informers.flags();
     let informer_stop = CancellationToken::new();
+    let events_stop = CancellationToken::new();
+    let (recorder, recorder_task) =
+        Recorder::with_options(client.clone(), RecorderOptions::default());
+    let recorder_task = tokio::spawn(recorder_task.run(events_stop.clone()));
     let ctx = Arc::new(Context {
         client: client.clone(),
-        networks: networks.lister(),
-        statefulsets: statefulsets.lister(),
-        services: services.lister(),
-        pods: pods.lister(),
+        networks: informers.networks.lister(),
+        statefulsets: informers.statefulsets.lister(),
+        services: informers.services.lister(),
+        pods: informers.pods.lister(),
         secrets: SecretCaches::new(
             client.clone(),
             resync,
@@ -188,25 +311,19 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
             informer_stop.clone(),
         ),
         rpc: RpcClient::new(opts.rpc_timeout, opts.rpc_timeout).with_metrics(metrics.rpc()),
-        recorder: Recorder::new(client.clone()),
+        recorder: Arc::new(recorder),
     });
-    let synced = [
-        networks.synced(),
-        statefulsets.synced(),
-        services.synced(),
-        pods.synced(),
-    ];
     let health = Health::new(
-        ["bitcoinnetworks", "statefulsets", "services", "pods"]
+        Informers::NAMES
             .into_iter()
-            .zip(&synced)
+            .zip(&flags)
             .map(|(name, flag)| (name.to_owned(), sync_check(flag.clone())))
             .collect(),
     );
 
     // Bind before anything else starts, so a taken port fails at once.
     let servers_stop = CancellationToken::new();
-    let mut servers = tokio::task::JoinSet::new();
+    let mut servers = JoinSet::new();
     if let Some(addr) = opts.metrics_bind_address.0 {
         let listener = server::bind(addr, "metrics server").await?;
         let handler = server::metrics_handler(metrics.clone());
@@ -228,16 +345,18 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
             stop.cancel();
         }
     });
-    let mut informers = tokio::task::JoinSet::new();
-    informers.spawn(networks.run(informer_stop.clone()));
-    informers.spawn(statefulsets.run(informer_stop.clone()));
-    informers.spawn(services.run(informer_stop.clone()));
-    informers.spawn(pods.run(informer_stop.clone()));
+    let mut tasks: JoinSet<&'static str> = JoinSet::new();
+    informers.spawn(&mut tasks, &informer_stop);
 
     // Without leader election this process leads from the start. With it,
     // the campaign runs while the caches fill, and a standby keeps its
     // caches warm (and reports ready) so it can take over quickly.
-    let (leading_tx, mut leading) = watch::channel(!opts.leader_elect);
+    let initial = if opts.leader_elect {
+        Leadership::Standby
+    } else {
+        Leadership::Always
+    };
+    let (leading_tx, leading) = watch::channel(initial);
     let release = CancellationToken::new();
     let mut election = opts.leader_elect.then(|| {
         let namespace = opts
@@ -254,44 +373,87 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
         tokio::spawn(election.run(leading_tx, release.clone()))
     });
 
-    log::info!("waiting for caches to sync");
-    let mut run_workers = wait_for_cache_sync(&synced, &stop).await;
-    if run_workers {
+    // Everything up to the drain runs against `fatal`: a lost lease or a
+    // dead task ends the process at once.
+    let work = async {
+        log::info!("waiting for caches to sync");
+        if !wait_for_cache_sync(&flags, &stop).await {
+            return Ok(());
+        }
         log::info!("caches synced");
-        if !*leading.borrow() {
+        let mut until_leading = leading.clone();
+        if !until_leading.borrow().is_valid_at(Instant::now()) {
             log::info!("waiting to become leader");
         }
-        run_workers = tokio::select! {
-            _ = stop.cancelled() => false,
-            _ = leading.wait_for(|leading| *leading) => true,
-            lost = lost_lease(&mut election) => return Err(lost.into()),
-        };
-    }
-    if run_workers {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = until_leading.wait_for(|l| *l != Leadership::Standby) => {}
+        }
         metrics.set_leader(true);
         log::info!("starting {} workers", opts.workers);
-        let mut workers = tokio::task::JoinSet::new();
+        let gate = Gate {
+            leadership: leading.clone(),
+            caches: Arc::new(flags.clone()),
+            stop: stop.clone(),
+        };
+        let mut workers = JoinSet::new();
         for _ in 0..opts.workers.max(1) {
-            workers.spawn(worker(ctx.clone(), queue.clone(), metrics.clone()));
+            let ctx = ctx.clone();
+            workers.spawn(worker(
+                queue.clone(),
+                metrics.clone(),
+                gate.clone(),
+                move |key| {
+                    let ctx = ctx.clone();
+                    async move { reconcile(&ctx, &key).await }
+                },
+            ));
         }
         tokio::select! {
             _ = stop.cancelled() => {}
-            // Another process may lead now: stop at once, finish nothing.
-            lost = lost_lease(&mut election) => return Err(lost.into()),
+            ended = workers.join_next() => return Err(match ended {
+                Some(Err(err)) if err.is_panic() => {
+                    format!("a worker panicked: {}", panic_message(err.into_panic()))
+                }
+                _ => "a worker ended unexpectedly".to_owned(),
+            }),
         }
         health.set_shutting_down();
         log::info!("shutting down: finishing work in progress");
-        tokio::select! {
-            drained = tokio::time::timeout(DRAIN_TIMEOUT, queue.shut_down_with_drain()) => {
-                if drained.is_err() {
-                    log::warn!("work in progress did not finish within {DRAIN_TIMEOUT:?}");
-                }
-            }
-            lost = lost_lease(&mut election) => return Err(lost.into()),
+        if tokio::time::timeout(DRAIN_TIMEOUT, queue.shut_down_with_drain())
+            .await
+            .is_err()
+        {
+            log::warn!("work in progress did not finish within {DRAIN_TIMEOUT:?}");
         }
         workers.shutdown().await;
+        Ok(())
+    };
+    let fatal = async {
+        tokio::select! {
+            lost = lost_lease(&mut election) => lost,
+            ended = tasks.join_next() => match ended {
+                Some(Err(err)) if err.is_panic() => {
+                    format!("an informer panicked: {}", panic_message(err.into_panic()))
+                }
+                Some(Ok(name)) => format!("the {name} informer ended unexpectedly"),
+                Some(Err(err)) => format!("an informer failed: {err}"),
+                None => std::future::pending().await,
+            },
+        }
+    };
+    let failure = tokio::select! {
+        done = work => done.err(),
+        why = fatal => Some(why),
+    };
+    if let Some(why) = failure {
+        health.set_failed(why.clone());
+        metrics.set_leader(false);
+        return Err(why.into());
     }
+
     health.set_shutting_down();
+    queue.shut_down();
     // Release the lease (if held) only now that no worker runs.
     release.cancel();
     if let Some(election) = election {
@@ -302,20 +464,24 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     metrics.set_leader(false);
-    queue.shut_down();
+    // What the last reconciles recorded goes out (bounded in time).
+    events_stop.cancel();
+    let _ = recorder_task.await;
     informer_stop.cancel();
-    informers.shutdown().await;
+    tasks.shutdown().await;
     servers_stop.cancel();
     servers.shutdown().await;
     log::info!("stopped");
     Ok(())
 }
 
-/// An informer over `K` in `namespace` (all when `None`), reporting its
-/// reflector's counters under the resource's plural name.
+/// An informer over `K` in `namespace` (all when `None`), optionally only
+/// over objects matching `labels`, reporting its reflector's counters under
+/// the resource's plural name.
 fn informer<K>(
     client: &Client,
     namespace: Option<&str>,
+    labels: Option<&str>,
     resync: Option<Duration>,
     metrics: &Metrics,
 ) -> Informer<K>
@@ -328,8 +494,15 @@ where
         + Sync
         + 'static,
 {
-    Informer::new(api::<K>(client, namespace), resync)
-        .with_metrics(metrics.reflector(&K::plural(&())))
+    let api = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let mut source = ApiSource::new(api);
+    if let Some(labels) = labels {
+        source = source.label_selector(labels);
+    }
+    Informer::new(source, resync).with_metrics(metrics.reflector(&K::plural(&())))
 }
 
 fn sync_check(flag: SyncedFlag) -> SyncCheck {
@@ -360,35 +533,76 @@ async fn shutdown_signal() {
     }
 }
 
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_owned())
+}
+
+/// Marks the key done when dropped: after the reconcile, after a panic in
+/// it, or when the worker task is cancelled.
+struct Processing<'a> {
+    queue: &'a WorkQueue<ObjectKey>,
+    key: ObjectKey,
+}
+
+impl Drop for Processing<'_> {
+    fn drop(&mut self) {
+        self.queue.done(&self.key);
+    }
+}
+
 /// Takes keys off the queue until it shuts down (sample-controller's
-/// `processNextWorkItem`).
-async fn worker(ctx: Arc<Context>, queue: WorkQueue<ObjectKey>, metrics: Metrics) {
+/// `processNextWorkItem`) and hands each to `reconcile` once the gate is
+/// open. A panicking reconcile costs its key one backoff, not the worker.
+async fn worker<F, Fut>(queue: WorkQueue<ObjectKey>, metrics: Metrics, mut gate: Gate, reconcile: F)
+where
+    F: Fn(ObjectKey) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>>,
+{
     while let Some(key) = queue.get().await {
+        let processing = Processing { queue: &queue, key };
+        let key = &processing.key;
+        if !gate.open().await {
+            continue;
+        }
         let started = Instant::now();
-        let result = reconcile(&ctx, &key).await;
-        metrics.reconciled(
-            match &result {
-                Ok(Action::Done) => ReconcileResult::Success,
-                Ok(Action::RequeueAfter(_)) => ReconcileResult::RequeueAfter,
-                Err(_) => ReconcileResult::Error,
-            },
-            started.elapsed(),
-        );
+        let result = std::panic::AssertUnwindSafe(reconcile(key.clone()))
+            .catch_unwind()
+            .await;
+        let took = started.elapsed();
         match result {
-            Ok(Action::Done) => queue.forget(&key),
-            Ok(Action::RequeueAfter(after)) => {
-                queue.forget(&key);
+            Ok(Ok(Action::Done)) => {
+                metrics.reconciled(ReconcileResult::Success, took);
+                queue.forget(key);
+            }
+            Ok(Ok(Action::RequeueAfter(after))) => {
+                metrics.reconciled(ReconcileResult::RequeueAfter, took);
+                queue.forget(key);
                 queue.add_after(key.clone(), after);
             }
-            Err(err) => {
-                log::warn!(
-                    "reconciling {key} failed (retry {}): {err}",
-                    queue.num_requeues(&key) + 1
+            Ok(Err(err)) => {
+                metrics.reconciled(ReconcileResult::Error(err.metric_label()), took);
+                let retry = queue.num_requeues(key) + 1;
+                // Problems are logged by the reconcile, once each.
+                if matches!(err, Error::Stale(_) | Error::Problem(_)) {
+                    log::debug!("{key}: {err} (retry {retry})");
+                } else {
+                    log::warn!("{key}: {err} (retry {retry})");
+                }
+                queue.add_rate_limited(key.clone());
+            }
+            Err(panic) => {
+                metrics.reconciled(ReconcileResult::Error("Panic"), took);
+                log::error!(
+                    "{key}: reconcile panicked: {}; retrying with backoff",
+                    panic_message(panic)
                 );
                 queue.add_rate_limited(key.clone());
             }
         }
-        queue.done(&key);
     }
 }
 
@@ -396,6 +610,103 @@ async fn worker(ctx: Arc<Context>, queue: WorkQueue<ObjectKey>, metrics: Metrics
 mod tests {
     use super::*;
     use clap::Parser;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn open_gate() -> (Gate, watch::Sender<Leadership>) {
+        let (tx, rx) = watch::channel(Leadership::Always);
+        let gate = Gate {
+            leadership: rx,
+            caches: Arc::new([]),
+            stop: CancellationToken::new(),
+        };
+        (gate, tx)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_reconcile_costs_one_backoff_not_the_worker() {
+        let queue = WorkQueue::new("test");
+        let (gate, _tx) = open_gate();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let worker = tokio::spawn(worker(
+            queue.clone(),
+            Metrics::new(),
+            gate,
+            move |key: ObjectKey| {
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    if key.name == "boom" && n == 0 {
+                        panic!("bug in reconcile");
+                    }
+                    Ok(Action::Done)
+                }
+            },
+        ));
+        queue.add(ObjectKey::new("ns", "boom"));
+        // The key is retried after its backoff, by the same (only) worker,
+        // and other keys keep flowing.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        queue.add(ObjectKey::new("ns", "other"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "boom, boom again, other");
+        assert_eq!(queue.len(), 0);
+        assert!(!worker.is_finished());
+        // Nothing is left marked as processing: a new add is handed out.
+        queue.add(ObjectKey::new("ns", "boom"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        queue.shut_down();
+        worker.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_lease_lapsed_starts_nothing_until_it_renewed() {
+        let queue = WorkQueue::new("test");
+        let (mut gate, tx) = open_gate();
+        let renewed = Instant::now();
+        tx.send_replace(Leadership::Until(renewed + Duration::from_secs(10)));
+        gate.leadership = tx.subscribe();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let worker = tokio::spawn(worker(queue.clone(), Metrics::new(), gate, move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            async { Ok(Action::Done) }
+        }));
+        queue.add(ObjectKey::new("ns", "a"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // The process stood still (SIGSTOP) past the renew deadline: by its
+        // own clock the lease may be someone else's now.
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        queue.add(ObjectKey::new("ns", "b"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "no reconcile on a lapsed lease"
+        );
+
+        // It renews: work goes on.
+        tx.send_replace(Leadership::Until(Instant::now() + Duration::from_secs(10)));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        queue.shut_down();
+        worker.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_hold_while_a_cache_is_not_fresh() {
+        assert!(Leadership::Always.is_valid_at(Instant::now()));
+        assert!(!Leadership::Standby.is_valid_at(Instant::now()));
+        let (gate, _tx) = open_gate();
+        let stop = gate.stop.clone();
+        let mut gate = gate;
+        // No caches: open at once; stopped: closed.
+        assert!(gate.open().await);
+        stop.cancel();
+        assert!(!gate.open().await);
+    }
 
     #[derive(Parser)]
     struct Cli {

@@ -1,53 +1,64 @@
-//! Level-based reconcile of one network (sample-controller's `syncHandler`):
-//! read the network from the cache, make the owned objects match, write the
-//! status when it changed, and sync the nodes' added-node lists.
+//! Level-based reconcile of one network (sample-controller's `syncHandler`),
+//! as one pipeline:
+//!
+//! 1. **resolve**: the network, its pods and owned objects from the caches
+//!    (a live GET when a cache misses an owned object, so a foreign object
+//!    of that name is still found), and its RPC credentials;
+//! 2. **validate**: a spec whose objects could not exist is a problem;
+//! 3. **build**: every owned object, whole, from pure builders, stamped with
+//!    the hash of its content;
+//! 4. **apply**: server-side apply of each object whose live version lacks
+//!    the stamp or differs in a field the controller sets; nothing at rest;
+//! 5. **observe**: pods that cannot be created, and the nodes' mesh over
+//!    JSON-RPC;
+//! 6. **status**: computed from all of the above, written only when it
+//!    changed, with the resourceVersion it was computed from.
+//!
+//! Every failure on the way ends in the status: a refusal of the API server
+//! or a problem the user has to fix becomes `Degraded` with its reason (and
+//! one Warning Event); a transient failure (API server unreachable, write
+//! conflict) is retried with backoff.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube_client::api::{Patch, PatchParams, PostParams};
+use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
 use kube_client::{Api, Resource};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
-use std::sync::Arc;
 
-use crate::api::BitcoinNetwork;
+use crate::api::{BitcoinNetwork, CONDITION_DEGRADED};
 use crate::bitcoin::{
-    is_valid_rpc_user, random_password, random_salt, render_bitcoin_conf, rpcauth,
+    derived_salt, is_valid_rpc_user, random_password, render_bitcoin_conf, rpcauth,
 };
 use crate::controller::connectivity::{self, Endpoint};
-use crate::controller::resources::{
-    self, is_controlled_by, secret_value, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY,
+use crate::controller::problem::{
+    describe, is_rejection, status_code, Error, Problem, Reason, Retry,
 };
-use crate::controller::status::{self, NodeReport, Problem};
-use crate::controller::{Context, EventType, SecretAccess};
-use crate::informer::{Lister, ObjectKey};
+use crate::controller::resources::{
+    self, is_controlled_by, secret_value, stamp, CONFIG_KEY, NETWORK_LABEL, PASSWORD_KEY, USER_KEY,
+};
+use crate::controller::secrets::{SecretAccess, SecretView};
+use crate::controller::status::{self, NodeReport};
+use crate::controller::{Context, EventType};
+use crate::informer::ObjectKey;
 
-/// Field manager of the controller's server-side applies.
-const FIELD_MANAGER: &str = "bitcoin-controller";
+/// Field manager of the controller's writes.
+pub const FIELD_MANAGER: &str = "bitcoin-controller";
 /// How soon to look again while the mesh is still forming.
 const MESH_POLL: Duration = Duration::from_secs(2);
+/// How long a reconcile waits for a namespace's first Secret lists.
+const SECRET_CACHE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What the worker does with the key after a successful reconcile.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     Done,
     RequeueAfter(Duration),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube_client::Error),
-    /// Something the user has to fix; also in the status and an Event.
-    #[error("{}: {}", .0.reason, .0.message)]
-    Blocked(Problem),
-    /// A cache the reconcile needs is still filling; retried with backoff.
-    #[error("{0}")]
-    CacheNotSynced(String),
 }
 
 /// RPC credentials of a network (never logged: no Debug).
@@ -60,40 +71,26 @@ struct Credentials {
 pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> {
     let Some(net) = ctx.networks.get(&key.namespace, &key.name) else {
         log::debug!("{key}: network is gone, nothing to do");
-        if ctx.networks.list_namespaced(&key.namespace).is_empty() {
-            ctx.secrets.release(&key.namespace);
-        }
+        ctx.secrets.release(&key.namespace, &key.name);
         return Ok(Action::Done);
     };
     if net.metadata.deletion_timestamp.is_some() {
         log::debug!("{key}: network is being deleted, the garbage collector takes it from here");
+        ctx.secrets.release(&key.namespace, &key.name);
         return Ok(Action::Done);
     }
-    log::info!(
-        "reconciling {key} (generation {}, resourceVersion {})",
+    log::debug!(
+        "{key}: reconciling generation {} at resourceVersion {}",
         net.metadata.generation.unwrap_or_default(),
         net.metadata.resource_version.as_deref().unwrap_or_default()
     );
-
-    let pods: Vec<_> = ctx
-        .pods
-        .list_namespaced(&key.namespace)
-        .into_iter()
-        .filter(|p| {
-            p.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(NETWORK_LABEL))
-                .map(String::as_str)
-                == Some(net.name())
-        })
-        .collect();
+    let pods = network_pods(ctx, &net);
     let (mesh, problem) = match converge(ctx, &net, &pods).await {
         Ok(mesh) => {
             let problem = mesh.problem();
             (mesh, problem)
         }
-        Err(Error::Blocked(problem)) => (Mesh::default(), Some(problem)),
+        Err(Error::Problem(problem)) => (Mesh::default(), Some(problem)),
         Err(err) => return Err(err),
     };
 
@@ -109,50 +106,83 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
     );
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
-        api.patch_status(
-            net.name(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await?;
+        // The resourceVersion makes the write fail (409) if the network
+        // changed since the cached copy this status was computed from.
+        let patch = json!({
+            "metadata": {"resourceVersion": net.metadata.resource_version},
+            "status": status,
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        match api.patch_status(net.name(), &params, &Patch::Merge(patch)).await {
+            Ok(_) => {}
+            Err(e) if status_code(&e) == Some(409) => {
+                return Err(Error::Stale(format!(
+                    "status of network {key} computed from resourceVersion {}, which is no longer current",
+                    net.metadata.resource_version.as_deref().unwrap_or_default()
+                )))
+            }
+            Err(e) => return Err(Error::kube(format!("writing the status of network {key}"), e)),
+        }
         log::debug!(
-            "{key}: status updated ({} of {} nodes ready)",
+            "{key}: status written ({} of {} nodes ready)",
             status.ready_nodes,
             status.nodes.len()
         );
     }
 
-    match problem {
-        None if mesh.complete => Ok(Action::Done),
-        None => Ok(Action::RequeueAfter(MESH_POLL)),
-        Some(problem) => {
-            log::warn!("{key}: {}: {}", problem.reason, problem.message);
-            ctx.recorder.publish(
-                &net,
-                EventType::Warning,
-                problem.reason,
-                problem.message.clone(),
-            );
-            // A Secret that appears or changes, or a Secret cache that syncs,
-            // brings the network back through its own events; everything else
-            // is retried with backoff.
-            if matches!(
-                problem.reason,
-                SECRET_NOT_FOUND | SECRET_INVALID | SECRET_ACCESS_DENIED
-            ) {
-                Ok(Action::Done)
-            } else {
-                Err(Error::Blocked(problem))
-            }
-        }
+    let Some(problem) = problem else {
+        return Ok(if mesh.complete {
+            Action::Done
+        } else {
+            Action::RequeueAfter(MESH_POLL)
+        });
+    };
+    // One Warning Event and one log line per problem, not one per retry.
+    if already_reported(&net, &problem) {
+        log::debug!("{key}: still {problem}");
+    } else {
+        log::warn!("{key}: {problem}");
+        ctx.recorder.publish(
+            &net,
+            EventType::Warning,
+            problem.reason.as_str(),
+            problem.message.clone(),
+        );
+    }
+    match problem.reason.retry() {
+        Retry::OnChange => Ok(Action::Done),
+        Retry::Backoff => Err(Error::Problem(problem)),
     }
 }
 
-const SECRET_NOT_FOUND: &str = "SecretNotFound";
-const SECRET_INVALID: &str = "SecretInvalid";
-const SECRET_ACCESS_DENIED: &str = "SecretAccessDenied";
-/// How long a reconcile waits for a namespace's first Secret list.
-const SECRET_CACHE_PATIENCE: Duration = Duration::from_secs(5);
+/// Whether the network's status already shows `problem` as Degraded.
+fn already_reported(net: &BitcoinNetwork, problem: &Problem) -> bool {
+    net.status.iter().flat_map(|s| &s.conditions).any(|c| {
+        c.type_ == CONDITION_DEGRADED
+            && c.status == "True"
+            && c.reason == problem.reason.as_str()
+            && c.message == problem.message
+    })
+}
+
+/// The pods of the network's StatefulSet, from the namespace's pods.
+fn network_pods(ctx: &Context, net: &BitcoinNetwork) -> Vec<Arc<Pod>> {
+    ctx.pods
+        .list_namespaced(net.namespace())
+        .into_iter()
+        .filter(|p| {
+            p.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(NETWORK_LABEL))
+                .map(String::as_str)
+                == Some(net.name())
+        })
+        .collect()
+}
 
 /// What the mesh sync found.
 #[derive(Default)]
@@ -160,7 +190,7 @@ struct Mesh {
     reports: HashMap<String, NodeReport>,
     /// Every ready node has all others added and is fully connected.
     complete: bool,
-    /// Nodes that did not sync, with the error.
+    /// Nodes that did not sync and are still wanted, with the error.
     failures: Vec<String>,
     ready: usize,
 }
@@ -168,42 +198,361 @@ struct Mesh {
 impl Mesh {
     fn problem(&self) -> Option<Problem> {
         let first = self.failures.first()?;
-        Some(Problem {
-            reason: "NodeSyncFailed",
-            message: format!(
+        Some(Problem::new(
+            Reason::NodeSyncFailed,
+            format!(
                 "{} of {} ready nodes did not answer RPC; first: {first}",
                 self.failures.len(),
                 self.ready
             ),
-        })
+        ))
     }
 }
 
-/// Makes the owned objects match the network and syncs the mesh.
+/// Validates, builds and applies the owned objects, then syncs the mesh.
 async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<Mesh, Error> {
+    if let Some(message) = resources::spec_problem(net) {
+        return Err(Error::Problem(Problem::new(Reason::InvalidSpec, message)));
+    }
     let ns = net.namespace();
-    let secrets = secret_cache(ctx, ns).await?;
+    let secrets = secret_view(ctx, net).await?;
     let creds = credentials(ctx, &secrets, net).await?;
-    let config_hash = ensure_config(ctx, &secrets, net, &creds).await?;
-    ensure(
+
+    let config_name = resources::config_secret_name(net);
+    let live_config = live(ctx, ns, &config_name, secrets.get(ns, &config_name)).await?;
+    let conf = bitcoin_conf(net, &creds, live_config.as_deref());
+    let config_hash = resources::content_hash(conf.as_bytes());
+    apply(
         ctx,
         net,
-        "Service",
-        ctx.services.get(ns, &resources::service_name(net)),
-        resources::service(net),
-        resources::service_drifted,
-    )
-    .await?;
-    ensure(
-        ctx,
-        net,
-        "StatefulSet",
-        ctx.statefulsets.get(ns, &resources::statefulset_name(net)),
-        resources::statefulset(net, &config_hash),
-        resources::statefulset_drifted,
+        live_config,
+        stamp(resources::config_secret(net, &conf)),
     )
     .await?;
 
+    let svc = resources::service_name(net);
+    ensure(
+        ctx,
+        net,
+        ctx.services.get(ns, &svc),
+        resources::service(net),
+    )
+    .await?;
+    let sts = resources::statefulset_name(net);
+    let sts_uid = ensure(
+        ctx,
+        net,
+        ctx.statefulsets.get(ns, &sts),
+        resources::statefulset(net, &config_hash),
+    )
+    .await?
+    .and_then(|live| live.metadata.uid.clone());
+
+    if let Some(uid) = sts_uid {
+        pod_creation(ctx, net, pods, &uid).await?;
+    }
+    Ok(mesh(ctx, net, pods, &creds).await)
+}
+
+/// The live object `name`: the cached one, else what a GET finds (an object
+/// outside the label-scoped caches, or one the cache has not seen yet).
+async fn live<K>(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    cached: Option<Arc<K>>,
+) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    if cached.is_some() {
+        return Ok(cached);
+    }
+    let kind = K::kind(&());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    match api.get_opt(name).await {
+        Ok(found) => Ok(found.map(Arc::new)),
+        Err(e) if is_rejection(&e) => Err(Error::Problem(Problem::new(
+            Reason::ApplyRejected,
+            format!("reading {kind} {name}: {}", describe(&e)),
+        ))),
+        Err(e) => Err(Error::kube(format!("reading {kind} {name}"), e)),
+    }
+}
+
+/// Looks up the live version of `wanted` and [`apply`]s it, stamped;
+/// returns the live version found.
+async fn ensure<K>(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    cached: Option<Arc<K>>,
+    wanted: K,
+) -> Result<Option<Arc<K>>, Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let name = wanted.meta().name.clone().unwrap_or_default();
+    let found = live(ctx, net.namespace(), &name, cached).await?;
+    apply(ctx, net, found.clone(), stamp(wanted)).await?;
+    Ok(found)
+}
+
+/// Makes `live` what `wanted` says: server-side apply of the whole object
+/// when it is missing or [`resources::needs_apply`]; an object of that name
+/// this network does not control is left alone and reported.
+async fn apply<K>(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    live: Option<Arc<K>>,
+    wanted: K,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let name = wanted.meta().name.clone().unwrap_or_default();
+    let verb = match live.as_deref() {
+        None => "Created",
+        Some(have) if !is_controlled_by(have.meta(), net) => {
+            return Err(Error::Problem(Problem::new(
+                Reason::ResourceConflict,
+                format!("{kind} {name} already exists and is not controlled by this network"),
+            )))
+        }
+        Some(have) if resources::needs_apply(have, &wanted) => "Updated",
+        Some(_) => return Ok(()),
+    };
+    // `force` takes back fields another manager changed (e.g. a
+    // hand-scaled StatefulSet).
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api.patch(&name, &params, &Patch::Apply(&wanted)).await {
+        return Err(if is_rejection(&e) {
+            Error::Problem(Problem::new(
+                Reason::ApplyRejected,
+                format!("the API server refused {kind} {name}: {}", describe(&e)),
+            ))
+        } else {
+            Error::kube(format!("applying {kind} {name}"), e)
+        });
+    }
+    let what = format!("{} {kind} {name}", verb.to_lowercase());
+    log::info!("{}/{}: {what}", net.namespace(), net.name());
+    ctx.recorder.publish(net, EventType::Normal, verb, what);
+    Ok(())
+}
+
+/// The network's Secrets, once the caches have them.
+async fn secret_view(ctx: &Context, net: &BitcoinNetwork) -> Result<SecretView, Error> {
+    let ns = net.namespace();
+    match ctx.secrets.access(net, SECRET_CACHE_PATIENCE).await {
+        SecretAccess::Ready(view) => Ok(view),
+        SecretAccess::Denied(refusal) => Err(Error::Problem(Problem::new(
+            Reason::SecretAccessDenied,
+            format!(
+                "the controller may not read Secrets in namespace {ns}: bind the ClusterRole \
+                 bitcoin-controller-secrets to its ServiceAccount there (kubectl create rolebinding \
+                 bitcoin-controller-secrets -n {ns} --clusterrole=bitcoin-controller-secrets \
+                 --serviceaccount=bitcoin-controller:bitcoin-controller); the API server said: {refusal}"
+            ),
+        ))),
+        SecretAccess::Pending(failure) => Err(Error::CacheNotSynced(format!(
+            "the Secret caches of namespace {ns} have not synced yet{}",
+            failure.map(|f| format!(" (last list: {f})")).unwrap_or_default()
+        ))),
+    }
+}
+
+/// Reads the network's RPC credentials, creating the generated Secret when
+/// `spec.secret` is empty.
+async fn credentials(
+    ctx: &Context,
+    secrets: &SecretView,
+    net: &BitcoinNetwork,
+) -> Result<Credentials, Error> {
+    let ns = net.namespace();
+    let name = resources::credentials_secret_name(net);
+    let generated = resources::generates_credentials(net);
+    let secret = match secrets.get(ns, &name) {
+        Some(secret) => secret,
+        None if generated => {
+            // Create, never apply: a Secret the cache has not seen yet (or a
+            // foreign one) must not get a new password; a conflict says so.
+            let user = format!("rpc-{}", &random_password()[..8].to_lowercase());
+            let password = random_password();
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+            let secret = resources::credentials_secret(net, &user, &password);
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => {
+                    let message = format!("created RPC credentials Secret {name}");
+                    log::info!("{ns}/{}: {message}", net.name());
+                    ctx.recorder
+                        .publish(net, EventType::Normal, "SecretCreated", message);
+                    return Ok(Credentials { user, password });
+                }
+                Err(e) if status_code(&e) == Some(409) => {
+                    match live::<Secret>(ctx, ns, &name, None).await? {
+                        Some(existing) => existing,
+                        None => return Err(Error::kube(format!("creating Secret {name}"), e)),
+                    }
+                }
+                Err(e) if is_rejection(&e) => {
+                    return Err(Error::Problem(Problem::new(
+                        Reason::ApplyRejected,
+                        format!("the API server refused Secret {name}: {}", describe(&e)),
+                    )))
+                }
+                Err(e) => return Err(Error::kube(format!("creating Secret {name}"), e)),
+            }
+        }
+        None => {
+            return Err(Error::Problem(Problem::new(
+                Reason::SecretNotFound,
+                format!("Secret {name} named in spec.secret does not exist in namespace {ns}"),
+            )))
+        }
+    };
+    if generated && !is_controlled_by(&secret.metadata, net) {
+        return Err(Error::Problem(Problem::new(
+            Reason::ResourceConflict,
+            format!("Secret {name} already exists and is not controlled by this network"),
+        )));
+    }
+    match (
+        secret_value(&secret, USER_KEY),
+        secret_value(&secret, PASSWORD_KEY),
+    ) {
+        (Some(user), Some(password)) if is_valid_rpc_user(user) && !password.is_empty() => {
+            Ok(Credentials {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            })
+        }
+        _ => Err(Error::Problem(Problem::new(
+            Reason::SecretInvalid,
+            format!(
+                "Secret {name} needs a valid {USER_KEY} (no ':', '#' or whitespace) and a non-empty {PASSWORD_KEY}"
+            ),
+        ))),
+    }
+}
+
+/// The rendered `bitcoin.conf`. The salt of the live configuration is kept
+/// while its `rpcauth` line still matches the credentials (networks created
+/// before salts were derived keep their pods); otherwise the salt is
+/// derived from the network's uid and the credentials, so it is the same on
+/// every reconcile whatever the caches hold.
+fn bitcoin_conf(net: &BitcoinNetwork, creds: &Credentials, live: Option<&Secret>) -> String {
+    let kept = live
+        .and_then(|s| secret_value(s, CONFIG_KEY))
+        .and_then(|conf| {
+            let line = conf
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("rpcauth="))?;
+            let salt = salt_of(line)?;
+            (rpcauth(&creds.user, &creds.password, &salt) == line).then_some(salt)
+        });
+    let salt = kept.unwrap_or_else(|| {
+        derived_salt(
+            net.metadata.uid.as_deref().unwrap_or_default(),
+            &creds.user,
+            &creds.password,
+        )
+    });
+    render_bitcoin_conf(&rpcauth(&creds.user, &creds.password, &salt))
+}
+
+/// The salt of an `rpcauth` value (`user:<salt hex>$<hmac hex>`).
+fn salt_of(value: &str) -> Option<[u8; 16]> {
+    let salt_hex = value.split_once(':')?.1.split_once('$')?.0;
+    hex::decode(salt_hex).ok()?.try_into().ok()
+}
+
+/// When pods of the StatefulSet (uid `sts_uid`) are missing and its latest
+/// creation attempt failed, the StatefulSet controller's reason
+/// (`FailedCreate`, e.g. an invalid label or a refused pod spec) is the
+/// network's problem. Costs a read only while pods are missing.
+async fn pod_creation(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    pods: &[Arc<Pod>],
+    sts_uid: &str,
+) -> Result<(), Error> {
+    let desired = net.spec.nodes;
+    let existing = pods
+        .iter()
+        .filter_map(|p| status::ordinal(net, p.metadata.name.as_deref()?))
+        .filter(|o| *o < desired)
+        .count();
+    if existing >= usize::try_from(desired).unwrap_or_default() {
+        return Ok(());
+    }
+    let sts = resources::statefulset_name(net);
+    let api: Api<Event> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let params = ListParams::default().fields(&format!(
+        "involvedObject.kind=StatefulSet,involvedObject.name={sts}"
+    ));
+    let events = match api.list(&params).await {
+        Ok(list) => list.items,
+        Err(e) => {
+            log::debug!(
+                "{}/{}: listing the Events of StatefulSet {sts}: {}",
+                net.namespace(),
+                net.name(),
+                describe(&e)
+            );
+            return Ok(());
+        }
+    };
+    if let Some(message) = failed_create(&events, sts_uid) {
+        return Err(Error::Problem(Problem::new(
+            Reason::PodCreationFailed,
+            format!("pods of StatefulSet {sts} cannot be created: {message}"),
+        )));
+    }
+    Ok(())
+}
+
+/// The message of the latest `FailedCreate` Event of the StatefulSet, if no
+/// pod was created after it.
+fn failed_create(events: &[Event], sts_uid: &str) -> Option<String> {
+    let latest = |reason: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.involved_object.uid.as_deref() == Some(sts_uid)
+            })
+            .max_by_key(|e| event_time(e))
+    };
+    let failed = latest("FailedCreate")?;
+    match latest("SuccessfulCreate") {
+        Some(ok) if event_time(ok) >= event_time(failed) => None,
+        _ => failed.message.clone(),
+    }
+}
+
+fn event_time(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
+    e.last_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| e.event_time.as_ref().map(|t| t.0))
+        .or_else(|| e.first_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Syncs the added-node lists of the ready nodes.
+async fn mesh(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], creds: &Credentials) -> Mesh {
     let ready: Vec<Endpoint> = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new())
         .into_iter()
         .filter(|n| n.ready)
@@ -236,131 +585,40 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
                 mesh.reports.insert(outcome.pod_name, report);
             }
             Err(err) => {
-                log::warn!(
-                    "{}/{}: node {} did not sync: {err}",
-                    ns,
-                    net.name(),
-                    outcome.pod_name
-                );
                 mesh.complete = false;
-                mesh.failures.push(format!("{}: {err}", outcome.pod_name));
+                let ip = ready
+                    .iter()
+                    .find(|e| e.pod_name == outcome.pod_name)
+                    .map(|e| e.ip.as_str())
+                    .unwrap_or_default();
+                if still_wanted(ctx, net, &outcome.pod_name, ip) {
+                    mesh.failures.push(format!("{}: {err}", outcome.pod_name));
+                } else {
+                    // A pod that is going away (scale-down, deletion, a new
+                    // IP) fails its RPC by design: not the network's problem.
+                    log::debug!(
+                        "{}/{}: node {} went away during its sync: {err}",
+                        net.namespace(),
+                        net.name(),
+                        outcome.pod_name
+                    );
+                }
             }
         }
     }
-    Ok(mesh)
+    mesh
 }
 
-/// The Secret cache of namespace `ns`, once synced.
-async fn secret_cache(ctx: &Context, ns: &str) -> Result<Lister<Secret>, Error> {
-    match ctx.secrets.access(ns, SECRET_CACHE_PATIENCE).await {
-        SecretAccess::Ready(lister) => Ok(lister),
-        SecretAccess::Denied(refusal) => Err(Error::Blocked(Problem {
-            reason: SECRET_ACCESS_DENIED,
-            message: format!(
-                "the controller may not read Secrets in namespace {ns}: bind the ClusterRole \
-                 bitcoin-controller-secrets to its ServiceAccount there (kubectl create rolebinding \
-                 bitcoin-controller-secrets -n {ns} --clusterrole=bitcoin-controller-secrets \
-                 --serviceaccount=bitcoin-controller:bitcoin-controller); the API server said: {refusal}"
-            ),
-        })),
-        SecretAccess::Pending(failure) => Err(Error::CacheNotSynced(format!(
-            "the Secret cache of namespace {ns} has not synced yet{}",
-            failure.map(|f| format!(" (last list: {f})")).unwrap_or_default()
-        ))),
-    }
-}
-
-/// Reads the network's RPC credentials, creating the generated Secret when
-/// `spec.secret` is empty.
-async fn credentials(
-    ctx: &Context,
-    secrets: &Lister<Secret>,
-    net: &BitcoinNetwork,
-) -> Result<Credentials, Error> {
+/// Whether the node `pod_name` at `ip` is, after its RPC failed, still a
+/// ready node the network wants, by the caches as they are now.
+fn still_wanted(ctx: &Context, net: &BitcoinNetwork, pod_name: &str, ip: &str) -> bool {
     let ns = net.namespace();
-    let name = resources::credentials_secret_name(net);
-    let secret = match secrets.get(ns, &name) {
-        Some(secret) => secret,
-        None if resources::generates_credentials(net) => {
-            let user = format!("rpc-{}", &random_password()[..8].to_lowercase());
-            let password = random_password();
-            // Create, never apply: an existing Secret (one the cache has not
-            // seen yet) must not get a new password.
-            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            api.create(
-                &PostParams::default(),
-                &resources::credentials_secret(net, &user, &password),
-            )
-            .await?;
-            ctx.recorder.publish(
-                net,
-                EventType::Normal,
-                "SecretCreated",
-                format!("created RPC credentials Secret {name}"),
-            );
-            return Ok(Credentials { user, password });
-        }
-        None => {
-            return Err(Error::Blocked(Problem {
-                reason: SECRET_NOT_FOUND,
-                message: format!(
-                    "Secret {name} named in spec.secret does not exist in namespace {ns}"
-                ),
-            }))
-        }
-    };
-    if resources::generates_credentials(net) && !is_controlled_by(&secret.metadata, net) {
-        return Err(conflict("Secret", &name));
-    }
-    match (
-        secret_value(&secret, USER_KEY),
-        secret_value(&secret, PASSWORD_KEY),
-    ) {
-        (Some(user), Some(password)) if is_valid_rpc_user(user) && !password.is_empty() => {
-            Ok(Credentials {
-                user: user.to_owned(),
-                password: password.to_owned(),
-            })
-        }
-        _ => Err(Error::Blocked(Problem {
-            reason: SECRET_INVALID,
-            message: format!(
-                "Secret {name} needs a valid {USER_KEY} (no ':', '#' or whitespace) and a non-empty {PASSWORD_KEY}"
-            ),
-        })),
-    }
-}
-
-/// Ensures the configuration Secret (bitcoin.conf with an `rpcauth=` line)
-/// matches the credentials; returns the hash of the configuration. An existing
-/// salt is kept, so the configuration (and the pods) change only when the
-/// credentials do.
-async fn ensure_config(
-    ctx: &Context,
-    secrets: &Lister<Secret>,
-    net: &BitcoinNetwork,
-    creds: &Credentials,
-) -> Result<String, Error> {
-    let name = resources::config_secret_name(net);
-    let existing = secrets.get(net.namespace(), &name);
-    let existing_conf = existing
-        .as_deref()
-        .and_then(|s| secret_value(s, CONFIG_KEY));
-    let salt = existing_conf.and_then(salt_of).unwrap_or_else(random_salt);
-    let conf = render_bitcoin_conf(&rpcauth(&creds.user, &creds.password, &salt));
-    ensure(
-        ctx,
-        net,
-        "Secret",
-        existing.clone(),
-        resources::config_secret(net, &conf),
-        |have: &Secret, want: &Secret| {
-            secret_value(have, CONFIG_KEY) != secret_value(want, CONFIG_KEY)
-                || resources::labels_drifted(&have.metadata, &want.metadata)
-        },
-    )
-    .await?;
-    Ok(resources::content_hash(conf.as_bytes()))
+    let desired = ctx.networks.get(ns, net.name()).map_or(0, |n| n.spec.nodes);
+    ctx.pods.get(ns, pod_name).is_some_and(|pod| {
+        status::pod_ready(&pod)
+            && pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip)
+            && status::ordinal(net, pod_name).is_some_and(|o| o < desired)
+    })
 }
 
 /// How many peers an Event names before it only counts the rest.
@@ -377,94 +635,5 @@ fn peer_list(addrs: &[String]) -> String {
     }
 }
 
-/// The salt of the `rpcauth=` line of a rendered configuration.
-fn salt_of(conf: &str) -> Option<[u8; 16]> {
-    let value = conf
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("rpcauth="))?;
-    let salt_hex = value.split_once(':')?.1.split_once('$')?.0;
-    hex::decode(salt_hex).ok()?.try_into().ok()
-}
-
-/// Makes an owned object match `wanted`: creates it when missing, applies it
-/// when the fields the controller owns drifted, and leaves an object of that
-/// name that this network does not control alone (reported as a Warning).
-async fn ensure<K>(
-    ctx: &Context,
-    net: &BitcoinNetwork,
-    kind: &'static str,
-    existing: Option<std::sync::Arc<K>>,
-    wanted: K,
-    drifted: impl Fn(&K, &K) -> bool,
-) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned,
-{
-    let name = wanted.meta().name.clone().unwrap_or_default();
-    let reason = match existing.as_deref() {
-        None => "Created",
-        Some(have) if !is_controlled_by(have.meta(), net) => return Err(conflict(kind, &name)),
-        Some(have) if drifted(have, &wanted) => "Updated",
-        Some(_) => return Ok(()),
-    };
-    // Server-side apply: creates or updates, and `force` takes back fields
-    // another manager changed (e.g. a hand-scaled StatefulSet).
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(&wanted)).await?;
-    log::info!(
-        "{}/{}: {} {kind} {name}",
-        net.namespace(),
-        net.name(),
-        reason.to_lowercase()
-    );
-    ctx.recorder.publish(
-        net,
-        EventType::Normal,
-        reason,
-        format!("{} {kind} {name}", reason.to_lowercase()),
-    );
-    Ok(())
-}
-
-/// An object the network needs exists under that name but belongs to
-/// someone else: left alone and reported.
-fn conflict(kind: &str, name: &str) -> Error {
-    Error::Blocked(Problem {
-        reason: "ResourceConflict",
-        message: format!("{kind} {name} already exists and is not controlled by this network"),
-    })
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn peer_lists_stay_short() {
-        let addrs: Vec<String> = (1..=8).map(|i| format!("10.0.0.{i}:18444")).collect();
-        assert_eq!(peer_list(&addrs[..1]), "peer 10.0.0.1:18444");
-        assert_eq!(
-            peer_list(&addrs[..2]),
-            "peers 10.0.0.1:18444, 10.0.0.2:18444"
-        );
-        assert_eq!(
-            peer_list(&addrs),
-            "peers 10.0.0.1:18444, 10.0.0.2:18444, 10.0.0.3:18444, 10.0.0.4:18444, \
-             10.0.0.5:18444 and 3 more"
-        );
-    }
-
-    #[test]
-    fn salt_round_trips_through_the_rendered_config() {
-        let salt = [7u8; 16];
-        let conf = render_bitcoin_conf(&rpcauth("user", "pw", &salt));
-        assert_eq!(salt_of(&conf), Some(salt));
-        assert_eq!(salt_of("regtest=1\n"), None);
-        assert_eq!(salt_of("rpcauth=user:zz$00\n"), None);
-    }
-}
+mod tests;

@@ -1,5 +1,6 @@
-//! Pure builders for the objects a network owns, and the checks that decide
-//! whether an existing object has drifted from what the controller wants.
+//! Pure builders for the objects a network owns, the check of a spec against
+//! what those objects allow, and the test that decides whether a live object
+//! must be applied again.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
+use kube_client::Resource;
+use serde::Serialize;
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
@@ -130,6 +134,131 @@ pub fn content_hash(data: &[u8]) -> String {
     hex::encode(&Sha256::digest(data)[..8])
 }
 
+/// Annotation on every applied object: the hash of the object as this
+/// controller version builds it (see [`stamp`]).
+pub const SPEC_HASH_ANNOTATION: &str = "bitcoincontroller.christianb93.github.com/spec-hash";
+/// Label selector of everything the controller creates (objects and pods):
+/// the informers cache only these.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=bitcoin-controller";
+
+/// Longest network name whose objects can all exist: the pods of StatefulSet
+/// `<name>-sts` carry the label `controller-revision-hash:
+/// <name>-sts-<hash>`, with a hash of up to 10 characters, and label values
+/// are limited to 63 characters.
+pub const MAX_NAME_LENGTH: usize = 63 - "-sts-".len() - 10;
+
+/// Why the spec (or name) of a network cannot work, for networks stored
+/// before the CRD refused such values (the schema refuses them now).
+pub fn spec_problem(net: &BitcoinNetwork) -> Option<String> {
+    let name = net.name();
+    if name.len() > MAX_NAME_LENGTH {
+        return Some(format!(
+            "metadata.name is {} characters; it may have at most {MAX_NAME_LENGTH} characters, \
+             because the label controller-revision-hash=<name>-sts-<hash> of the network's pods \
+             must fit in 63",
+            name.len()
+        ));
+    }
+    if !is_dns1035_label(name) {
+        return Some(format!(
+            "metadata.name {name:?} must be a DNS-1035 label (lowercase letters, digits and '-', \
+             starting with a letter and ending with a letter or digit), because the Service \
+             {name}-svc must be one"
+        ));
+    }
+    match net.spec.image.as_deref() {
+        Some(image) if !is_image_reference(image) => Some(format!(
+            "spec.image {image:?} is not an image reference such as {}: letters, digits and \
+             . _ / : @ - only, starting with a letter or digit, no whitespace",
+            crate::api::DEFAULT_IMAGE
+        )),
+        _ => None,
+    }
+}
+
+/// The CRD's rule for `spec.image` (empty means the default image).
+pub fn is_image_reference(s: &str) -> bool {
+    s.is_empty()
+        || (s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._/:@-".contains(c)))
+}
+
+fn is_dns1035_label(s: &str) -> bool {
+    let bytes = s.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1] != b'-'
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// `obj` with [`SPEC_HASH_ANNOTATION`] set to the hash of its content
+/// (without that annotation). Two builds of the same wanted object carry the
+/// same stamp; a controller version that builds it differently does not.
+pub fn stamp<K: Resource + Serialize>(mut obj: K) -> K {
+    if let Some(annotations) = obj.meta_mut().annotations.as_mut() {
+        annotations.remove(SPEC_HASH_ANNOTATION);
+        if annotations.is_empty() {
+            obj.meta_mut().annotations = None;
+        }
+    }
+    let json = serde_json::to_vec(&obj).expect("objects serialize");
+    obj.meta_mut()
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(SPEC_HASH_ANNOTATION.to_owned(), content_hash(&json));
+    obj
+}
+
+/// Whether `live` must be applied again to become `wanted` (a [`stamp`]ed
+/// object): its stamp differs (a controller version that wants something
+/// else, including fields it no longer sets), or a field `wanted` sets has
+/// another value on `live` (someone changed a field the controller owns).
+/// What `live` has beyond `wanted` (defaults, status, others' labels or
+/// containers) is not drift.
+pub fn needs_apply<K: Resource + Serialize>(live: &K, wanted: &K) -> bool {
+    let stamp_of = |k: &K| {
+        k.meta()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(SPEC_HASH_ANNOTATION).cloned())
+    };
+    if stamp_of(live) != stamp_of(wanted) {
+        return true;
+    }
+    let (Ok(live), Ok(wanted)) = (serde_json::to_value(live), serde_json::to_value(wanted)) else {
+        return true;
+    };
+    !covers(&live, &wanted)
+}
+
+/// Whether `have` holds every value of `want`: objects recursively, lists of
+/// objects with a `name` matched by name (as server-side apply merges them),
+/// other lists element by element.
+fn covers(have: &Value, want: &Value) -> bool {
+    match (have, want) {
+        (Value::Object(have), Value::Object(want)) => want
+            .iter()
+            .all(|(k, w)| have.get(k).is_some_and(|h| covers(h, w))),
+        (Value::Array(have), Value::Array(want)) => {
+            let named = |v: &Value| v.get("name").and_then(Value::as_str).map(str::to_owned);
+            if !want.is_empty() && want.iter().all(|w| named(w).is_some()) {
+                want.iter().all(|w| {
+                    have.iter()
+                        .find(|h| named(h) == named(w))
+                        .is_some_and(|h| covers(h, w))
+                })
+            } else {
+                have.len() == want.len() && have.iter().zip(want).all(|(h, w)| covers(h, w))
+            }
+        }
+        (have, want) => have == want,
+    }
+}
+
 /// The headless Service giving every node a stable DNS name.
 pub fn service(net: &BitcoinNetwork) -> Service {
     let port = |name: &str, number: u16| ServicePort {
@@ -151,35 +280,6 @@ pub fn service(net: &BitcoinNetwork) -> Service {
         }),
         status: None,
     }
-}
-
-/// Some label the controller sets is missing or has another value (labels
-/// others add are theirs to keep).
-pub fn labels_drifted(existing: &ObjectMeta, wanted: &ObjectMeta) -> bool {
-    let have = existing.labels.as_ref();
-    wanted
-        .labels
-        .iter()
-        .flatten()
-        .any(|(k, v)| have.and_then(|h| h.get(k)) != Some(v))
-}
-
-/// Fields of the Service the controller owns differ from the wanted ones.
-pub fn service_drifted(existing: &Service, wanted: &Service) -> bool {
-    let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else {
-        return true;
-    };
-    let ports = |s: &ServiceSpec| {
-        s.ports
-            .iter()
-            .flatten()
-            .map(|p| (p.name.clone(), p.port, p.target_port.clone()))
-            .collect::<Vec<_>>()
-    };
-    have.selector != want.selector
-        || ports(have) != ports(want)
-        || have.publish_not_ready_addresses != want.publish_not_ready_addresses
-        || labels_drifted(&existing.metadata, &wanted.metadata)
 }
 
 /// The Secret holding the rendered bitcoin.conf (with an `rpcauth=` line, never
@@ -347,42 +447,11 @@ pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
     }
 }
 
-/// Fields of the StatefulSet the controller owns (replicas, image, command,
-/// probe, configuration hash, labels) differ from the wanted ones.
-pub fn statefulset_drifted(existing: &StatefulSet, wanted: &StatefulSet) -> bool {
-    let (Some(have), Some(want)) = (&existing.spec, &wanted.spec) else {
-        return true;
-    };
-    let annotation = |s: &StatefulSetSpec| {
-        s.template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
-    };
-    let container = |s: &StatefulSetSpec| {
-        s.template
-            .spec
-            .as_ref()
-            .and_then(|p| p.containers.first())
-            .map(|c| {
-                (
-                    c.image.clone(),
-                    c.command.clone(),
-                    c.readiness_probe.as_ref().and_then(|p| p.exec.clone()),
-                )
-            })
-    };
-    have.replicas != want.replicas
-        || annotation(have) != annotation(want)
-        || container(have) != container(want)
-        || labels_drifted(&existing.metadata, &wanted.metadata)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::BitcoinNetworkSpec;
+    use serde_json::{json, Value};
 
     fn net(nodes: i32) -> BitcoinNetwork {
         let mut net = BitcoinNetwork::new(
@@ -490,48 +559,124 @@ mod tests {
     }
 
     #[test]
-    fn drift_detection_covers_owned_fields_only() {
+    fn every_owned_field_counts_as_drift_and_defaults_do_not() {
         let n = net(3);
-        let wanted = statefulset(&n, "h1");
-        assert!(!statefulset_drifted(&wanted, &wanted));
+        let wanted = stamp(statefulset(&n, "h1"));
+        let live = wanted.clone();
+        assert!(!needs_apply(&live, &wanted));
 
-        let mut scaled = wanted.clone();
-        scaled.spec.as_mut().unwrap().replicas = Some(5);
-        assert!(statefulset_drifted(&scaled, &wanted));
+        // What the API server adds (defaults, status, other managers'
+        // labels and containers) is not drift.
+        let mut defaulted = serde_json::to_value(&wanted).unwrap();
+        defaulted["spec"]["revisionHistoryLimit"] = json!(10);
+        defaulted["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] =
+            json!("/dev/termination-log");
+        defaulted["spec"]["template"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "sidecar", "image": "busybox"}));
+        defaulted["metadata"]["labels"]["team"] = json!("a");
+        defaulted["status"] = json!({"replicas": 3});
+        let defaulted: StatefulSet = serde_json::from_value(defaulted).unwrap();
+        assert!(!needs_apply(&defaulted, &wanted));
 
-        assert!(statefulset_drifted(&statefulset(&n, "h2"), &wanted));
+        // Any field the controller sets, changed by someone else, is drift:
+        // not only replicas and the image, also resources, security
+        // context, probe timings, volumes, ports and template labels.
+        type Edit = (&'static str, fn(&mut Value));
+        let edits: [Edit; 9] = [
+            ("replicas", |v| v["spec"]["replicas"] = json!(5)),
+            ("image", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["image"] = json!("x:1")
+            }),
+            ("resources", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] =
+                    json!("2Gi")
+            }),
+            ("securityContext", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+                    ["readOnlyRootFilesystem"] = json!(false)
+            }),
+            ("probe timing", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["periodSeconds"] =
+                    json!(60)
+            }),
+            ("volume", |v| {
+                v["spec"]["template"]["spec"]["volumes"][1] =
+                    json!({"name": "data", "hostPath": {"path": "/tmp"}})
+            }),
+            ("port", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] =
+                    json!(1)
+            }),
+            ("template label", |v| {
+                v["spec"]["template"]["metadata"]["labels"][NETWORK_LABEL] = json!("other")
+            }),
+            ("removed mount", |v| {
+                v["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+                    .as_array_mut()
+                    .unwrap()
+                    .pop();
+            }),
+        ];
+        for (what, edit) in edits {
+            let mut v = serde_json::to_value(&wanted).unwrap();
+            edit(&mut v);
+            let edited: StatefulSet = serde_json::from_value(v).unwrap();
+            assert!(needs_apply(&edited, &wanted), "{what} not detected");
+        }
 
-        let mut image = n.clone();
-        image.spec.image = Some("other:1".into());
-        assert!(statefulset_drifted(&statefulset(&image, "h1"), &wanted));
+        // A new controller version that wants something else (here: one field
+        // less) applies once, recognised by the hash.
+        let mut older = serde_json::to_value(&wanted).unwrap();
+        older["spec"]["template"]["spec"]["containers"][0]["workingDir"] = json!("/old");
+        let mut older: StatefulSet = serde_json::from_value(older).unwrap();
+        older.metadata.annotations = None;
+        let older = stamp(older);
+        assert!(needs_apply(&older, &wanted));
 
-        // Fields the API server defaults are not drift.
-        let mut defaulted = wanted.clone();
-        let spec = defaulted.spec.as_mut().unwrap();
-        spec.revision_history_limit = Some(10);
-        spec.template.spec.as_mut().unwrap().containers[0].termination_message_path =
-            Some("/dev/termination-log".into());
-        assert!(!statefulset_drifted(&defaulted, &wanted));
-
-        // A label someone else added is not drift; a changed one of ours is.
-        let mut labelled = wanted.clone();
-        let label = |s: &mut StatefulSet, k: &str, v: &str| {
-            s.metadata
-                .labels
-                .as_mut()
-                .unwrap()
-                .insert(k.into(), v.into());
-        };
-        label(&mut labelled, "team", "a");
-        assert!(!statefulset_drifted(&labelled, &wanted));
-        label(&mut labelled, NETWORK_LABEL, "other");
-        assert!(statefulset_drifted(&labelled, &wanted));
-
-        let svc = service(&n);
-        assert!(!service_drifted(&svc, &svc));
+        let svc = stamp(service(&n));
+        assert!(!needs_apply(&svc, &svc));
         let mut changed = svc.clone();
         changed.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].port = 1;
-        assert!(service_drifted(&changed, &svc));
+        assert!(needs_apply(&changed, &svc));
+    }
+
+    #[test]
+    fn the_stamp_is_a_hash_of_the_content() {
+        let n = net(3);
+        let a = stamp(statefulset(&n, "h1"));
+        let b = stamp(statefulset(&n, "h1"));
+        let c = stamp(statefulset(&n, "h2"));
+        let hash = |s: &StatefulSet| {
+            s.metadata.annotations.as_ref().unwrap()[SPEC_HASH_ANNOTATION].clone()
+        };
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&c));
+        // Stamping twice gives the same stamp.
+        assert_eq!(hash(&stamp(a.clone())), hash(&a));
+    }
+
+    #[test]
+    fn names_whose_children_cannot_exist_are_refused() {
+        let named = |name: &str| {
+            let mut n = net(1);
+            n.metadata.name = Some(name.into());
+            spec_problem(&n)
+        };
+        assert_eq!(named("my-network"), None);
+        assert_eq!(named(&"a".repeat(MAX_NAME_LENGTH)), None);
+        let long = named(&"a".repeat(MAX_NAME_LENGTH + 1)).unwrap();
+        assert!(long.contains("at most 48 characters"), "{long}");
+        for bad in ["1net", "my.net", "net-"] {
+            let msg = named(bad).unwrap();
+            assert!(msg.contains("DNS-1035"), "{bad}: {msg}");
+        }
+        let mut n = net(1);
+        n.spec.image = Some(" bitcoin/bitcoin:29.0".into());
+        assert!(spec_problem(&n).unwrap().contains("spec.image"));
+        n.spec.image = Some("bitcoin/bitcoin:29.0".into());
+        assert_eq!(spec_problem(&n), None);
     }
 
     #[test]

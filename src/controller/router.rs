@@ -1,10 +1,12 @@
 //! Event routing (sample-controller's `enqueueFoo` and `handleObject`):
 //! every change that can matter to a network turns into that network's key
-//! on the workqueue.
+//! on the workqueue. Each kind says how its objects lead to networks
+//! ([`Route`]); one generic [`EventHandler`] serves them all.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_client::Resource;
 
@@ -33,52 +35,47 @@ impl Router {
         }
     }
 
-    /// The networks an event on an object of kind `kind` concerns: the one that
-    /// controls it (for a Pod: the one that controls its StatefulSet), and for
-    /// a Secret also every network naming it in `spec.secret`.
-    pub fn networks_for(&self, kind: &str, meta: &ObjectMeta) -> Vec<ObjectKey> {
-        let Some(namespace) = meta.namespace.as_deref() else {
-            return Vec::new();
-        };
-        let mut keys = Vec::new();
-        if kind == "Secret" {
-            let name = meta.name.as_deref().unwrap_or_default();
-            keys.extend(
-                self.networks
-                    .list_namespaced(namespace)
-                    .iter()
-                    .filter(|n| n.spec.secret.as_deref() == Some(name))
-                    .map(|n| ObjectKey::new(namespace, n.name())),
-            );
-        }
-        if let Some(key) = self.owning_network(kind, namespace, meta) {
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        keys
-    }
-
-    fn owning_network(&self, kind: &str, namespace: &str, meta: &ObjectMeta) -> Option<ObjectKey> {
-        let mut owner = controller_of(meta)?.clone();
-        if kind == "Pod" {
-            if owner.kind != "StatefulSet" {
-                return None;
-            }
-            let sts = self.statefulsets.get(namespace, &owner.name)?;
-            if sts.metadata.uid.as_ref() != Some(&owner.uid) {
-                return None;
-            }
-            owner = controller_of(&sts.metadata)?.clone();
-        }
+    /// The network whose controller reference `meta` carries, if that
+    /// network is cached with the same uid (like sample-controller, objects
+    /// of a gone or older network of the same name are ignored).
+    fn owner_of(&self, meta: &ObjectMeta) -> Option<ObjectKey> {
+        let namespace = meta.namespace.as_deref()?;
+        let owner = controller_of(meta)?;
         if owner.kind != KIND || owner.api_version.split('/').next() != Some(GROUP) {
             return None;
         }
-        // Like sample-controller: ignore objects whose owner is gone or is an
-        // older network of the same name.
         let net = self.networks.get(namespace, &owner.name)?;
         (net.metadata.uid.as_ref() == Some(&owner.uid))
             .then(|| ObjectKey::new(namespace, &owner.name))
+    }
+
+    /// The network of a pod: the owner of the StatefulSet that controls it.
+    fn owner_of_pod(&self, meta: &ObjectMeta) -> Option<ObjectKey> {
+        let owner = controller_of(meta)?;
+        if owner.kind != "StatefulSet" {
+            return None;
+        }
+        let sts = self
+            .statefulsets
+            .get(meta.namespace.as_deref()?, &owner.name)?;
+        if sts.metadata.uid.as_ref() != Some(&owner.uid) {
+            return None;
+        }
+        self.owner_of(&sts.metadata)
+    }
+
+    /// Networks naming Secret `meta` in `spec.secret`.
+    fn networks_naming(&self, meta: &ObjectMeta) -> Vec<ObjectKey> {
+        let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref())
+        else {
+            return Vec::new();
+        };
+        self.networks
+            .list_namespaced(namespace)
+            .iter()
+            .filter(|n| n.spec.secret.as_deref() == Some(name))
+            .map(|n| ObjectKey::new(namespace, n.name()))
+            .collect()
     }
 
     /// Queues every network of `namespace`.
@@ -87,38 +84,84 @@ impl Router {
             self.queue.add(ObjectKey::from_object(net.as_ref()));
         }
     }
+}
 
-    fn enqueue<K: Resource<DynamicType = ()>>(&self, obj: &K) {
-        let meta = obj.meta();
-        if K::kind(&()) == KIND {
-            self.queue.add(ObjectKey::new(
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-            ));
-            return;
+/// How the events of one kind of object reach networks.
+pub trait Route: Resource<DynamicType = ()> + Send + Sync + Sized {
+    /// The networks an event on `obj` concerns.
+    fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey>;
+
+    /// Whether an update carries news. For owned objects: a new
+    /// resourceVersion (a resync re-delivers the same one).
+    fn is_news(old: &Self, new: &Self) -> bool {
+        old.meta().resource_version != new.meta().resource_version
+    }
+}
+
+impl Route for BitcoinNetwork {
+    fn networks(_: &Router, net: &Self) -> Vec<ObjectKey> {
+        vec![ObjectKey::from_object(net)]
+    }
+
+    /// A resync (same resourceVersion) is news: it is what repairs drift in
+    /// the nodes' RPC state. A new resourceVersion of the same generation is
+    /// not: a status write (the controller's own) or a change of labels or
+    /// annotations leaves the desired state as it was.
+    fn is_news(old: &Self, new: &Self) -> bool {
+        old.metadata.resource_version == new.metadata.resource_version
+            || old.metadata.generation != new.metadata.generation
+    }
+}
+
+impl Route for StatefulSet {
+    fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
+        router.owner_of(&obj.metadata).into_iter().collect()
+    }
+}
+
+impl Route for Service {
+    fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
+        router.owner_of(&obj.metadata).into_iter().collect()
+    }
+}
+
+impl Route for Pod {
+    fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
+        router.owner_of_pod(&obj.metadata).into_iter().collect()
+    }
+}
+
+impl Route for Secret {
+    /// Its owner (generated credentials, rendered configuration) and every
+    /// network naming it.
+    fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
+        let mut keys = router.networks_naming(&obj.metadata);
+        if let Some(key) = router.owner_of(&obj.metadata) {
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
         }
-        for key in self.networks_for(&K::kind(&()), meta) {
+        keys
+    }
+}
+
+impl Router {
+    fn enqueue<K: Route>(&self, obj: &K) {
+        for key in K::networks(self, obj) {
             self.queue.add(key);
         }
     }
 }
 
-impl<K> EventHandler<K> for Router
-where
-    K: Resource<DynamicType = ()> + Send + Sync,
-{
+impl<K: Route> EventHandler<K> for Router {
     fn on_add(&self, obj: &Arc<K>) {
         self.enqueue(obj.as_ref());
     }
 
     fn on_update(&self, old: &Arc<K>, new: &Arc<K>) {
-        // Networks are reconciled on every update, periodic resyncs included:
-        // that is what repairs drift in the nodes' RPC state. For owned
-        // objects a resync (same resourceVersion) carries no news.
-        if K::kind(&()) != KIND && old.meta().resource_version == new.meta().resource_version {
-            return;
+        if K::is_news(old, new) {
+            self.enqueue(new.as_ref());
         }
-        self.enqueue(new.as_ref());
     }
 
     fn on_delete(&self, obj: &Arc<K>) {
@@ -131,7 +174,6 @@ mod tests {
     use super::*;
     use crate::api::BitcoinNetworkSpec;
     use crate::controller::resources::owner_reference;
-    use k8s_openapi::api::core::v1::{Pod, Service};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn network(name: &str, uid: &str, secret: Option<&str>) -> BitcoinNetwork {
@@ -195,11 +237,39 @@ mod tests {
     }
 
     fn keys(router: &Router, kind: &str, meta: &ObjectMeta) -> Vec<String> {
-        router
-            .networks_for(kind, meta)
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        let meta = meta.clone();
+        let keys = match kind {
+            "Service" => Service::networks(
+                router,
+                &Service {
+                    metadata: meta,
+                    ..Default::default()
+                },
+            ),
+            "StatefulSet" => StatefulSet::networks(
+                router,
+                &StatefulSet {
+                    metadata: meta,
+                    ..Default::default()
+                },
+            ),
+            "Pod" => Pod::networks(
+                router,
+                &Pod {
+                    metadata: meta,
+                    ..Default::default()
+                },
+            ),
+            "Secret" => Secret::networks(
+                router,
+                &Secret {
+                    metadata: meta,
+                    ..Default::default()
+                },
+            ),
+            other => panic!("no route for {other}"),
+        };
+        keys.iter().map(ToString::to_string).collect()
     }
 
     #[test]
@@ -292,6 +362,29 @@ mod tests {
         let net = Arc::new(network("other", "u2", None));
         EventHandler::<BitcoinNetwork>::on_update(&r, &net, &net);
         assert_eq!(queue.get().await.unwrap().to_string(), "ns/other");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_only_updates_of_a_network_are_not_news() {
+        let (r, queue) = router();
+        let version = |rv: &str, generation: i64| {
+            let mut n = network("net", "u1", None);
+            n.metadata.resource_version = Some(rv.into());
+            n.metadata.generation = Some(generation);
+            Arc::new(n)
+        };
+        // The controller's own status write: new resourceVersion, same
+        // generation. No second RPC sweep.
+        EventHandler::<BitcoinNetwork>::on_update(&r, &version("1", 1), &version("2", 1));
+        assert_eq!(queue.len(), 0);
+        // A spec change.
+        EventHandler::<BitcoinNetwork>::on_update(&r, &version("2", 1), &version("3", 2));
+        assert_eq!(queue.len(), 1);
+        let key = queue.get().await.unwrap();
+        queue.done(&key);
+        // A resync.
+        EventHandler::<BitcoinNetwork>::on_update(&r, &version("3", 2), &version("3", 2));
+        assert_eq!(queue.len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,7 @@ use crate::api::{
     BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, CONDITION_DEGRADED,
     CONDITION_PROGRESSING, CONDITION_READY,
 };
+use crate::controller::problem::Problem;
 use crate::controller::resources::{dns_name, statefulset_name, NETWORK_LABEL};
 
 /// What one node reported during the last mesh sync.
@@ -77,15 +78,6 @@ pub fn nodes<'a>(
     nodes
 }
 
-/// Something that keeps a network from its desired state and needs the
-/// user's attention (a missing Secret, a name conflict, unreachable nodes).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// CamelCase reason, also used for the Warning Event.
-    pub reason: &'static str,
-    pub message: String,
-}
-
 /// The full status for a network. `mesh_complete`: every ready node has all
 /// the others added and is as connected as Bitcoin Core will make it.
 /// Conditions keep their `lastTransitionTime` from `previous` while their
@@ -105,7 +97,7 @@ pub fn compute(
     let is_ready = problem.is_none() && all_ready && mesh_complete;
 
     let (ready_reason, ready_message) = match problem {
-        Some(p) => (p.reason, p.message.clone()),
+        Some(p) => (p.reason.as_str(), p.message.clone()),
         None if total != desired => ("Scaling", format!("{total} of {desired} nodes exist")),
         None if !all_ready => (
             "NodesNotReady",
@@ -122,14 +114,14 @@ pub fn compute(
     };
     let (progressing_reason, progressing_message) = match problem {
         Some(p) => (
-            p.reason,
+            p.reason.as_str(),
             "waiting for the problem in the Degraded condition to be fixed".to_owned(),
         ),
         None if is_ready => ("Stable", "the network is in its desired state".to_owned()),
         None => (ready_reason, ready_message.clone()),
     };
     let (degraded_reason, degraded_message) = match problem {
-        Some(p) => (p.reason, p.message.clone()),
+        Some(p) => (p.reason.as_str(), p.message.clone()),
         None => ("AsExpected", "no problem found".to_owned()),
     };
 
@@ -313,10 +305,10 @@ mod tests {
             pod("net-sts-1", Some("127.0.0.3"), true),
             pod("net-sts-2", Some("127.0.0.4"), true),
         ];
-        let problem = Problem {
-            reason: "SecretNotFound",
-            message: "Secret s not found".into(),
-        };
+        let problem = Problem::new(
+            crate::controller::problem::Reason::SecretNotFound,
+            "Secret s not found",
+        );
         let no_reports = HashMap::new();
         // (pods, mesh complete, problem) -> (Ready, Progressing, Degraded)
         type Case<'a> = (

@@ -63,7 +63,7 @@ where
 /// holds matching objects (an object that stops matching is reported by
 /// the watch as deleted).
 ///
-/// ```ignore
+/// ```text
 /// let source = ApiSource::new(Api::<Pod>::all(client))
 ///     .label_selector("app.kubernetes.io/managed-by=bitcoin-controller");
 /// let informer = Informer::new(source, resync);
