@@ -38,9 +38,9 @@ cargo test -p regtest-node --features interop --test btcd_interop -- --nocapture
 step "local control plane"
 export BC_CLUSTER_DIR="${BC_TEST_CLUSTER_DIR:-$PWD/.local/test-cluster}"
 export BC_APISERVER_PORT="${BC_APISERVER_PORT:-26443}"
-export BC_ETCD_CLIENT_PORT="${BC_ETCD_CLIENT_PORT:-33790}"
-export BC_ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-33800}"
-export BC_KCM_PORT="${BC_KCM_PORT:-30257}"
+export BC_ETCD_CLIENT_PORT="${BC_ETCD_CLIENT_PORT:-27790}"
+export BC_ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-27800}"
+export BC_KCM_PORT="${BC_KCM_PORT:-27257}"
 export BC_PODSIM_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.2}"
 scripts/local-cluster.sh up
 trap 'scripts/local-cluster.sh down' EXIT

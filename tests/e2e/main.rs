@@ -16,6 +16,7 @@ use bitcoin_controller::controller::resources::is_controlled_by;
 use harness::*;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Service;
+use kube_client::api::PostParams;
 use kube_client::Api;
 use serde_json::json;
 
@@ -271,6 +272,23 @@ async fn scale_up_and_down() {
         "scale",
         "down to 2: removed nodes gone from the added lists",
         took,
+    );
+    // Nodes that fail RPC because they are being removed are no problem of
+    // the network: no Warning, never Degraded.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(admin.clone(), &ns.name);
+    let warnings: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning"))
+        .map(|e| format!("{:?}: {:?}", e.reason, e.message))
+        .collect();
+    assert_eq!(
+        warnings,
+        Vec::<String>::new(),
+        "no Warning on an ordinary scale-down"
     );
     ns.delete().await;
 }
@@ -534,6 +552,7 @@ async fn invalid_specs_are_refused() {
         "/apis/bitcoincontroller.christianb93.github.com/v1/namespaces/{}/bitcoinnetworks?fieldValidation=Strict",
         ns.name
     );
+    let long_name = "n".repeat(60);
     let cases = [
         (
             "negative",
@@ -555,6 +574,19 @@ async fn invalid_specs_are_refused() {
             "unknown-field",
             json!({"nodes": 1, "replicas": 3}),
             "unknown field \"spec.replicas\"",
+        ),
+        // Names whose objects could not exist: the pods' revision label
+        // would pass 63 characters; the Service name must be a DNS-1035 label.
+        (
+            long_name.as_str(),
+            json!({"nodes": 1}),
+            "metadata.name may have at most 48 characters",
+        ),
+        ("1net", json!({"nodes": 1}), "must be a DNS-1035 label"),
+        (
+            "bad-image",
+            json!({"nodes": 1, "image": " bitcoin/bitcoin:29.0"}),
+            "spec.image must be an image reference",
         ),
     ];
     for (name, spec, expected) in cases {
@@ -661,5 +693,193 @@ async fn slow_node_only_slows_its_own_network() {
     )
     .await;
     report("slow-node", "hung node dropped from the mesh", took);
+    ns.delete().await;
+}
+
+/// A network the API server refuses to serve (a ResourceQuota forbids its
+/// Service, then its pods) says why in its status and in one Warning Event,
+/// and recovers once the quota is gone. Before, it stayed at "Scaling" with
+/// the reason only in the controller's log.
+#[tokio::test]
+async fn refusals_of_owned_objects_and_pods_are_degraded() {
+    use k8s_openapi::api::core::v1::{Event, ResourceQuota};
+
+    let admin = admin_client().await;
+    let controller = ControllerProcess::start("refusals", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-refused").await;
+    let quotas: Api<ResourceQuota> = Api::namespaced(admin.clone(), &ns.name);
+    // The local control plane runs no resourcequota controller, which would
+    // fill in the quota's status; quota admission enforces what the status
+    // says, so the test writes it.
+    let add_quota = |name: &'static str, resource: &'static str| {
+        let quotas = quotas.clone();
+        async move {
+            let quota: ResourceQuota = serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"hard": {resource: "0"}},
+            }))
+            .unwrap();
+            quotas.create(&PostParams::default(), &quota).await.unwrap();
+            let status = json!({"status": {"hard": {resource: "0"}, "used": {resource: "0"}}});
+            quotas
+                .patch_status(
+                    name,
+                    &Default::default(),
+                    &kube_client::api::Patch::Merge(status),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let degraded = |reason: &'static str| {
+        move |s: &bitcoin_controller::api::BitcoinNetworkStatus| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+        }
+    };
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+    let warnings = |reason: &'static str| {
+        let events = events.clone();
+        async move {
+            events
+                .list(&Default::default())
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    // The Service is refused.
+    add_quota("no-services", "services").await;
+    let expect_degraded = |reason: &'static str, object: &'static str, step: &'static str| {
+        let admin = admin.clone();
+        let ns = ns.name.clone();
+        async move {
+            let (status, took) =
+                wait_for_status(&admin, &ns, "net", reason, degraded(reason)).await;
+            report("refused", step, took);
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+            let message = &degraded.unwrap().message;
+            println!("Degraded: {message}");
+            assert!(
+                message.contains(object) && message.contains("forbidden"),
+                "{message}"
+            );
+            wait_for_event(&admin, &ns, "net", "Warning", reason).await;
+        }
+    };
+    create_network(&admin, &ns.name, "net", 2).await;
+    expect_degraded(
+        "ApplyRejected",
+        "net-svc",
+        "Service refused by a quota: Degraded",
+    )
+    .await;
+
+    // The pods are refused: the StatefulSet controller's FailedCreate.
+    add_quota("no-pods", "pods").await;
+    quotas
+        .delete("no-services", &Default::default())
+        .await
+        .unwrap();
+    expect_degraded(
+        "PodCreationFailed",
+        "net-sts",
+        "pods refused by a quota: Degraded",
+    )
+    .await;
+    assert_eq!(
+        warnings("ApplyRejected").await.len(),
+        1,
+        "one Event object per problem"
+    );
+
+    quotas.delete("no-pods", &Default::default()).await.unwrap();
+    let (_, took) = wait_for_status(&admin, &ns.name, "net", "2 ready nodes", all_ready(2)).await;
+    report("refused", "recovered after the quotas went", took);
+    ns.delete().await;
+
+    // Quiet, useful logs: one line per failure with the API server's
+    // words, never a dump of a whole Status.
+    // (Debug lines, which this test's controller also writes, may dump.)
+    let log = controller.log_text();
+    let operator_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            [" INFO ", " WARN ", " ERROR "]
+                .iter()
+                .any(|level| l.contains(level))
+        })
+        .collect();
+    let dumps: Vec<&&str> = operator_lines
+        .iter()
+        .filter(|l| l.contains("Status {"))
+        .collect();
+    assert_eq!(dumps, Vec::<&&str>::new(), "no debug dumps of a Status");
+    let warnings = operator_lines
+        .iter()
+        .filter(|l| l.contains(" WARN "))
+        .count();
+    println!("controller WARN lines: {warnings}");
+    let longest = operator_lines
+        .iter()
+        .map(|l| l.len())
+        .max()
+        .unwrap_or_default();
+    println!("longest controller log line: {longest} characters");
+    assert!(longest < 600, "a log line of {longest} characters");
+}
+
+/// Something else's StatefulSet under the network's name: one
+/// ResourceConflict Event whose count rises, never several Event objects.
+#[tokio::test]
+async fn a_foreign_object_gives_one_warning_event() {
+    use k8s_openapi::api::core::v1::Event;
+
+    let admin = admin_client().await;
+    let _controller = ControllerProcess::start("foreign", &[]);
+    let ns = TestNamespace::create(&admin, "e2e-foreign").await;
+    let sts: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "net-sts"},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": "other"}},
+            "serviceName": "other",
+            "template": {
+                "metadata": {"labels": {"app": "other"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            },
+        },
+    }))
+    .unwrap();
+    Api::<StatefulSet>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &sts)
+        .await
+        .unwrap();
+    create_network(&admin, &ns.name, "net", 1).await;
+    wait_for_event(&admin, &ns.name, "net", "Warning", "ResourceConflict").await;
+    // Several retries happen meanwhile (backoff from 5 ms).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+    let conflicts: Vec<_> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("ResourceConflict"))
+        .collect();
+    println!(
+        "ResourceConflict Events: {:?}",
+        conflicts
+            .iter()
+            .map(|e| (e.count, e.message.clone()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(conflicts.len(), 1, "one Event object");
     ns.delete().await;
 }

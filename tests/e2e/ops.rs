@@ -176,12 +176,16 @@ impl Controller {
     }
 
     fn sigterm(&self) {
+        self.signal("TERM");
+    }
+
+    fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .expect("run kill")
             .success();
-        assert!(ok, "kill -TERM {}", self.child.id());
+        assert!(ok, "kill -{name} {}", self.child.id());
     }
 
     /// SIGKILL: a crash, nothing is released.
@@ -545,7 +549,6 @@ async fn ops_metrics_move_with_reconciles() {
         "workqueue_unfinished_work_seconds{name=\"bitcoinnetworks\"}",
         "workqueue_longest_running_processor_seconds{name=\"bitcoinnetworks\"}",
         "bitcoin_controller_reconcile_total{result=\"success\"}",
-        "bitcoin_controller_reconcile_errors_total",
         "bitcoin_controller_reconcile_duration_seconds_count",
         "bitcoin_controller_reflector_lists_total{resource=\"pods\"}",
         "bitcoin_controller_reflector_watches_total{resource=\"bitcoinnetworks\"}",
@@ -555,6 +558,11 @@ async fn ops_metrics_move_with_reconciles() {
         assert!(sample(&before, name).is_some(), "{name} missing:\n{before}");
     }
     assert_eq!(sample(&before, "bitcoin_controller_leader"), Some(1.0));
+    // Labelled by reason: present (with no sample) before the first error.
+    assert!(
+        before.contains("# TYPE bitcoin_controller_reconcile_errors counter"),
+        "{before}"
+    );
     for resource in ["bitcoinnetworks", "statefulsets", "services", "pods"] {
         let lists = sample(
             &before,
@@ -922,4 +930,59 @@ async fn ops_leader_that_cannot_renew_exits_before_the_standby_takes_over() {
     let b_leads = cut.elapsed();
     say("cut off: standby holds the Lease", b_leads);
     assert!(a_exited < b_leads, "a stopped before b took over");
+}
+
+/// A leader frozen past its renew deadline (SIGSTOP) acts on nothing when it
+/// wakes up (SIGCONT): by its own clock its lease may be someone else's, so
+/// its workers wait for a renewal, which finds the standby holding the
+/// Lease, and it exits non-zero without a single reconcile from its stale
+/// caches.
+#[tokio::test]
+async fn ops_a_paused_leader_reconciles_nothing_when_it_resumes() {
+    let admin = admin_client().await;
+    delete_lease(&admin).await;
+    let mut a = Controller::start("pause-a", &["--leader-elect"]);
+    let a_id = a.identity().await;
+    wait_for_holder(&admin, &a_id, CONVERGE).await;
+    a.wait_ready().await;
+    let b = Controller::start("pause-b", &["--leader-elect"]);
+    let b_id = b.identity().await;
+    b.wait_ready().await;
+
+    let ns = TestNamespace::create(&admin, "e2e-ops-pause").await;
+    let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+    create_network(&admin, &ns.name, "net", 2).await;
+    wait_for_status(&admin, &ns.name, "net", "2 ready nodes", all_ready(2)).await;
+    assert!(!a.reconciling_lines().is_empty(), "the leader reconciles");
+
+    a.signal("STOP");
+    let stopped = Instant::now();
+    let took = wait_for_holder(&admin, &b_id, Duration::from_secs(60)).await;
+    say("pause: standby holds the Lease of the frozen leader", took);
+    // Work the frozen leader will hear about when it wakes up.
+    nets.patch(
+        "net",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodes": 3}})),
+    )
+    .await
+    .unwrap();
+    wait_for_status(&admin, &ns.name, "net", "3 ready nodes", all_ready(3)).await;
+    let before = a.reconciling_lines().len();
+    a.signal("CONT");
+    say("pause: frozen for", stopped.elapsed());
+    let status = a.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    let after = a.reconciling_lines();
+    assert_eq!(
+        after.len(),
+        before,
+        "no reconcile after the resume: {:?}",
+        &after[before..]
+    );
+    assert!(
+        a.log_text().contains("leader election lost"),
+        "a says why it stopped"
+    );
+    ns.delete().await;
 }
