@@ -181,7 +181,7 @@ async fn real_node_network_lifecycle() {
                 node.ordinal, ns.name
             )
         );
-        let (resolved, _) = wait_for(&format!("{} in DNS", node.dns_name), CONVERGE, || async {
+        let (resolved, took) = wait_for(&format!("{} in DNS", node.dns_name), CONVERGE, || async {
             let (ok, out, err) = kubectl(&[
                 "exec",
                 "-n",
@@ -200,7 +200,10 @@ async fn real_node_network_lifecycle() {
             }
         })
         .await;
-        print!("getent hosts (in net-sts-0): {resolved}");
+        print!(
+            "getent hosts (in net-sts-0, {:.2}s): {resolved}",
+            took.as_secs_f64()
+        );
     }
     report(
         "node-dns",
