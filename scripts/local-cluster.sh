@@ -505,6 +505,7 @@ cmd_down() {
 			fi
 			stop_component "${name}"
 		done
+		if node_lane; then node_network_down; fi
 		for port in "${ports[@]}"; do
 			if port_in_use "${port}"; then left+=("${port}"); fi
 		done

@@ -643,6 +643,8 @@ node_up_rest() {
 	deploy_controller
 }
 
+# Stops the node (its network goes with node_network_down, after the API
+# server, which still deletes its endpoint lease on the node address).
 node_down() {
 	local name
 	# Without the kubelet nothing restarts the containers we stop next.
@@ -654,5 +656,4 @@ node_down() {
 	node_kill_workloads all
 	stop_component node-ns
 	node_cgroups_down
-	node_network_down
 }
