@@ -48,8 +48,9 @@ step "local control plane (podsim lane)"
 	export BC_ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-33800}"
 	export BC_KCM_PORT="${BC_KCM_PORT:-30257}"
 	export BC_PODSIM_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.2}"
-	scripts/local-cluster.sh up
+	# Before `up`: a failed start leaves what did start running.
 	trap 'scripts/local-cluster.sh down' EXIT
+	scripts/local-cluster.sh up
 	eval "$(scripts/local-cluster.sh env)"
 
 	step "end-to-end tests (podsim lane)"
@@ -64,14 +65,17 @@ step "local control plane (kubelet lane: a real node)"
 	export BC_NODE=kubelet
 	export BC_CLUSTER_DIR="${BC_TEST_NODE_CLUSTER_DIR:-$PWD/.local/test-node-cluster}"
 	export BC_APISERVER_PORT="${BC_NODE_APISERVER_PORT:-26543}"
-	export BC_ETCD_CLIENT_PORT="${BC_NODE_ETCD_CLIENT_PORT:-33890}"
-	export BC_ETCD_PEER_PORT="${BC_NODE_ETCD_PEER_PORT:-33900}"
-	export BC_KCM_PORT="${BC_NODE_KCM_PORT:-30357}"
+	# Ports below the ephemeral range (32768-60999 here), so no outgoing
+	# connection can hold one when a component binds it.
+	export BC_ETCD_CLIENT_PORT="${BC_NODE_ETCD_CLIENT_PORT:-26579}"
+	export BC_ETCD_PEER_PORT="${BC_NODE_ETCD_PEER_PORT:-26580}"
+	export BC_KCM_PORT="${BC_NODE_KCM_PORT:-26557}"
 	export BC_NODE_PORT_BASE="${BC_TEST_NODE_PORT_BASE:-31250}"
 	export BC_POD_NET="${BC_TEST_POD_NET:-10.244.2}"
 	export BC_NODE_NAME="${BC_TEST_NODE_NAME:-bc-test-node}"
-	scripts/local-cluster.sh up
+	# Before `up`: a failed start leaves what did start running.
 	trap 'scripts/local-cluster.sh down' EXIT
+	scripts/local-cluster.sh up
 	eval "$(scripts/local-cluster.sh env)"
 
 	step "end-to-end tests (kubelet lane)"
