@@ -131,6 +131,12 @@ node_network_up() {
 }
 
 node_guard_up() {
+	# With ip_forward off before `up`, the machine forwarded nothing: keep
+	# it so for everything but the pod bridge.
+	local others=""
+	if [[ "$(cat "${NODE_DIR}/ip_forward.saved" 2>/dev/null)" == 0 ]]; then
+		others="iifname != \"${BRIDGE}\" oifname != \"${BRIDGE}\" counter drop comment \"no forwarding besides the pod bridge (ip_forward was 0 before up)\""
+	fi
 	nft -f - <<EOF
 table inet ${GUARD_TABLE}
 delete table inet ${GUARD_TABLE}
@@ -141,6 +147,7 @@ table inet ${GUARD_TABLE} {
 		iifname "${BRIDGE}" oifname != "${BRIDGE}" counter drop comment "pod traffic leaving the pod bridge"
 		oifname "${BRIDGE}" iifname != "${BRIDGE}" counter drop comment "traffic into the pod bridge from elsewhere"
 		iifname "${BRIDGE}" ip daddr != ${POD_SUBNET} counter drop comment "pod traffic to outside the pod subnet"
+		${others}
 	}
 	chain input {
 		type filter hook input priority filter - 10; policy accept;
