@@ -4,10 +4,26 @@
 #
 # usage: scripts/demo.sh [up]   build what is missing, start everything, run the demo
 #        scripts/demo.sh down   stop the controller and the local control plane
+#
+# BC_NODE picks the lane (docs/local-cluster.md): podsim (default: the pod
+# simulator plays kubelet, the controller runs here as a process) or kubelet
+# (a real node: containerd, kubelet, CNI, kube-proxy, CoreDNS; the controller
+# runs in-cluster from manifests/controller.yaml and the network on the node
+# test image).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-export BC_CLUSTER_DIR="${BC_CLUSTER_DIR:-$PWD/.local/cluster}"
+LANE="${BC_NODE:-podsim}"
+case "$LANE" in
+podsim) export BC_CLUSTER_DIR="${BC_CLUSTER_DIR:-$PWD/.local/cluster}" ;;
+kubelet) export BC_CLUSTER_DIR="${BC_CLUSTER_DIR:-$PWD/.local/node-cluster}" ;;
+*)
+	echo "BC_NODE must be podsim or kubelet" >&2
+	exit 2
+	;;
+esac
+export BC_NODE="$LANE"
+NODE_IMAGE=bitcoin-regtest-node:dev
 NETWORK=my-network
 NODES=3
 BLOCKS=101
@@ -32,6 +48,11 @@ controller_pid() {
 
 down() {
 	local pid
+	if [[ -f "$BC_CLUSTER_DIR/cluster.env" ]] && grep -q '^NODE_LANE=kubelet' "$BC_CLUSTER_DIR/cluster.env"; then
+		export BC_NODE=kubelet
+	elif [[ -f "$BC_CLUSTER_DIR/cluster.env" ]]; then
+		export BC_NODE=podsim
+	fi
 	if pid=$(controller_pid); then
 		say "stopping the controller (pid $pid)"
 		kill -TERM "$pid"
@@ -88,10 +109,44 @@ all_at_height() {
 }
 
 up() {
+	say "lane: $LANE ($([[ $LANE == kubelet ]] && echo "a real node: containerd, kubelet, CNI bridge, kube-proxy, CoreDNS; the controller in-cluster" || echo "pod simulator; the controller as a local process")), state $BC_CLUSTER_DIR"
 	say "starting the local control plane (the first run builds Kubernetes from Go modules)"
 	scripts/local-cluster.sh up
 	eval "$(scripts/local-cluster.sh env)"
 
+	if [[ "$LANE" == kubelet ]]; then
+		LOG_FILE="kubectl -n bitcoin-controller logs deploy/bitcoin-controller"
+		say "controller in-cluster: $(kubectl -n bitcoin-controller get pods -o wide --no-headers | awk '{printf "%s %s %s; ", $1, $2, $3}')"
+		say "creating the $NODES-node network $NETWORK (spec.image $NODE_IMAGE)"
+		sed "s|^  nodes: $NODES\$|  nodes: $NODES\n  image: $NODE_IMAGE|" manifests/examples/test-network.yaml | kubectl apply -f -
+	else
+		start_local_controller
+		say "creating the $NODES-node network $NETWORK"
+		kubectl apply -f manifests/examples/test-network.yaml
+	fi
+	demo_network
+	if [[ "$LANE" == kubelet ]]; then
+		kubectl get nodes -o wide
+		kubectl get pods -o wide
+		cat <<EOT
+
+Look around (real node):
+  eval "\$(BC_CLUSTER_DIR=$BC_CLUSTER_DIR scripts/local-cluster.sh env)"
+  kubectl get bitcoinnetworks,statefulsets,services,pods -o wide
+  kubectl logs ${NETWORK}-sts-0
+  kubectl exec ${NETWORK}-sts-0 -- bitcoin-cli -conf=/etc/bitcoin/bitcoin.conf -datadir=/data getblockchaininfo
+  kubectl exec ${NETWORK}-sts-0 -- getent hosts ${NETWORK}-sts-1.${NETWORK}-svc.default.svc.cluster.local
+  kubectl -n bitcoin-controller logs deploy/bitcoin-controller
+
+Stop everything:
+  BC_NODE=kubelet scripts/demo.sh down
+EOT
+	else
+		show_podsim_hints
+	fi
+}
+
+start_local_controller() {
 	say "building the controller"
 	cargo build -q --bin bitcoin-controller
 	if pid=$(controller_pid); then
@@ -104,9 +159,9 @@ up() {
 		echo $! >"$PID_FILE"
 		say "controller started under its ServiceAccount (pid $!, log $LOG_FILE)"
 	fi
+}
 
-	say "creating the $NODES-node network $NETWORK"
-	kubectl apply -f manifests/examples/test-network.yaml
+demo_network() {
 	wait_until "every node ready and connected to the other $((NODES - 1))" mesh_ready
 
 	RPC_USER=$(kubectl get secret "$NETWORK" -o jsonpath='{.data.BC_RPC_USER}' | base64 -d)
@@ -124,6 +179,9 @@ up() {
 	done
 	kubectl get bitcoinnetworks
 	say "BLOCKS is the height node 0 had at the last reconcile; resyncs refresh it every 30 s"
+}
+
+show_podsim_hints() {
 	cat <<EOT
 
 Look around:

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Local Kubernetes control plane for development and end-to-end tests:
-# etcd, kube-apiserver, kube-controller-manager and the pod simulator
-# (podsim), all as plain processes on 127.0.0.1. See docs/local-cluster.md.
+# etcd, kube-apiserver, kube-controller-manager and a node, as plain
+# processes on this machine. The node is one of two lanes (BC_NODE):
+#   podsim   (default) the pod simulator plays kubelet; everything on 127.0.0.1
+#   kubelet  a real node: containerd, kubelet, kube-scheduler, kube-proxy,
+#            CNI bridge, CoreDNS, the controller in-cluster
+#            (scripts/lib/node-lane.sh)
+# See docs/local-cluster.md.
 #
 # usage: scripts/local-cluster.sh up | down [--keep] | status | env
 # shellcheck source-path=SCRIPTDIR
@@ -35,6 +40,11 @@ STOP_TIMEOUT=20
 # addresses are loopback addresses, which Endpoints reject (nothing here
 # needs Service endpoints; nodes find each other through the status).
 KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller,statefulset-controller,replicaset-controller,deployment-controller
+# A real node (BC_NODE=kubelet) needs more: node-lifecycle takes the
+# not-ready taint off a Ready node (else nothing schedules), the endpoint
+# slices feed kube-proxy and CoreDNS, pod garbage collection and taint
+# eviction clean up after a node.
+KCM_NODE_CONTROLLERS=node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,endpointslice-controller,endpoints-controller
 
 log() { echo "local-cluster: $*" >&2; }
 die() {
@@ -47,7 +57,9 @@ usage() {
 usage: $0 up | down [--keep] | status | env
 
   up      start etcd, kube-apiserver, kube-controller-manager and podsim
-          (BC_PODSIM=0 skips podsim); a no-op when already running
+          (BC_PODSIM=0 skips podsim); with BC_NODE=kubelet a real node
+          instead (containerd, kubelet, kube-scheduler, kube-proxy, CNI,
+          CoreDNS) and the controller in-cluster; a no-op when running
   down    stop what 'up' started and delete the state dir (--keep keeps it)
   status  show the state dir, components and the API server version
   env     print export lines: eval "\$($0 env)"
@@ -158,6 +170,18 @@ load_cluster_env() {
 	# shellcheck source=/dev/null
 	source "${CLUSTER_ENV}"
 	POD_IP_PREFIX="${POD_IP_PREFIX:-127.1}"
+	NODE_LANE="${NODE_LANE:-podsim}"
+	lane_settings
+}
+
+# Settings that follow from the lane.
+lane_settings() {
+	if node_lane; then
+		node_settings
+		APISERVER_HOST="${NODE_IP}"
+	else
+		APISERVER_HOST=127.0.0.1
+	fi
 }
 
 # Fixes ports and binaries for this cluster: from the existing state if the
@@ -171,17 +195,32 @@ prepare_cluster_env() {
 		APISERVER_PORT="${BC_APISERVER_PORT:-16443}"
 		KCM_PORT="${BC_KCM_PORT:-16257}"
 		POD_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.1}"
+		NODE_LANE="${BC_NODE:-podsim}"
+		POD_NET="${BC_POD_NET:-10.244.0}"
+		NODE_PORT_BASE="${BC_NODE_PORT_BASE:-10250}"
+		KUBELET_NODE_NAME="${BC_NODE_NAME:-bc-node}"
+		[[ "${NODE_LANE}" =~ ^(podsim|kubelet)$ ]] || die "BC_NODE must be podsim or kubelet, not '${NODE_LANE}'"
+		[[ "${POD_NET}" =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "BC_POD_NET must be the first three octets of a 10.x.y.0/24, not '${POD_NET}'"
+		lane_settings
+	fi
+	if [[ -n "${BC_NODE:-}" && "${BC_NODE}" != "${NODE_LANE}" ]]; then
+		die "the cluster in ${STATE_DIR} runs the ${NODE_LANE} lane, not BC_NODE=${BC_NODE}: 'down' it first"
 	fi
 	# Re-resolved on every start, so a rebuilt or removed cache is noticed.
 	# shellcheck source=lib/control-plane-bins.sh
 	source "${REPO_ROOT}/scripts/lib/control-plane-bins.sh"
-	bc_control_plane_bins || die "could not find or build the control-plane binaries"
+	BC_NODE="${NODE_LANE}" bc_control_plane_bins || die "could not find or build the control-plane binaries"
 	{
 		printf 'ETCD_CLIENT_PORT=%q\nETCD_PEER_PORT=%q\n' "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}"
 		printf 'APISERVER_PORT=%q\nKCM_PORT=%q\n' "${APISERVER_PORT}" "${KCM_PORT}"
 		printf 'POD_IP_PREFIX=%q\n' "${POD_IP_PREFIX}"
 		printf 'BC_ETCD=%q\nBC_KUBE_APISERVER=%q\n' "${BC_ETCD}" "${BC_KUBE_APISERVER}"
 		printf 'BC_KUBE_CONTROLLER_MANAGER=%q\nBC_KUBECTL=%q\n' "${BC_KUBE_CONTROLLER_MANAGER}" "${BC_KUBECTL}"
+		printf 'NODE_LANE=%q\n' "${NODE_LANE}"
+		if node_lane; then
+			printf 'POD_NET=%q\nNODE_PORT_BASE=%q\nKUBELET_NODE_NAME=%q\n' "${POD_NET}" "${NODE_PORT_BASE}" "${KUBELET_NODE_NAME}"
+			printf 'BC_KUBELET=%q\nBC_KUBE_SCHEDULER=%q\nBC_KUBE_PROXY=%q\n' "${BC_KUBELET}" "${BC_KUBE_SCHEDULER}" "${BC_KUBE_PROXY}"
+		fi
 	} >"${CLUSTER_ENV}"
 }
 
@@ -215,8 +254,10 @@ ensure_pki() {
 		openssl req -x509 -new -key "${PKI_DIR}/ca.key" -subj "/CN=bitcoin-controller-local-ca" \
 			-days 3650 -out "${PKI_DIR}/ca.crt" 2>/dev/null
 	fi
+	local node_san=""
+	if node_lane; then node_san="IP:${NODE_IP},"; fi
 	issue_cert kube-apiserver "/CN=kube-apiserver" \
-		"IP:127.0.0.1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+		"${node_san}IP:127.0.0.1,IP:${SERVICE_IP},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	issue_cert kube-controller-manager-serving "/CN=kube-controller-manager" "IP:127.0.0.1,DNS:localhost"
 	issue_cert admin "/O=system:masters/CN=admin"
 	issue_cert kube-controller-manager "/CN=system:kube-controller-manager"
@@ -232,7 +273,7 @@ write_kubeconfig() {
 	shift 2
 	local kc=("${BC_KUBECTL}" --kubeconfig "${file}.tmp")
 	rm -f "${file}.tmp"
-	"${kc[@]}" config set-cluster local --server "https://127.0.0.1:${APISERVER_PORT}" \
+	"${kc[@]}" config set-cluster local --server "https://${APISERVER_HOST}:${APISERVER_PORT}" \
 		--certificate-authority "${PKI_DIR}/ca.crt" --embed-certs >/dev/null
 	"${kc[@]}" config set-credentials "${user}" "$@" >/dev/null
 	"${kc[@]}" config set-context local --cluster local --user "${user}" >/dev/null
@@ -279,14 +320,29 @@ start_etcd() {
 		curl -sf "http://127.0.0.1:${ETCD_CLIENT_PORT}/health"
 }
 
-# --endpoint-reconciler-type none: the `kubernetes` Service gets no
-# endpoints, because 127.0.0.1 is not a valid endpoint address and nothing
-# routes the service CIDR here anyway.
+# podsim lane: --endpoint-reconciler-type none: the `kubernetes` Service
+# gets no endpoints, because 127.0.0.1 is not a valid endpoint address and
+# nothing routes the service CIDR here anyway.
+# kubelet lane: the API server listens on the node address (the bridge's),
+# where pods reach it, and publishes it as the `kubernetes` endpoints, so
+# kube-proxy routes 10.96.0.1:443 there; it talks to the kubelet with a
+# client certificate (logs, exec); NodeRestriction limits the kubelet to its
+# own Node and pods.
 start_apiserver() {
+	local lane_flags=(--endpoint-reconciler-type none)
+	if node_lane; then
+		lane_flags=(
+			--endpoint-reconciler-type lease
+			--enable-admission-plugins NodeRestriction
+			--kubelet-client-certificate "${PKI_DIR}/kube-apiserver-kubelet-client.crt"
+			--kubelet-client-key "${PKI_DIR}/kube-apiserver-kubelet-client.key"
+			--kubelet-preferred-address-types InternalIP
+		)
+	fi
 	start_component kube-apiserver "${BC_KUBE_APISERVER}" \
 		--etcd-servers "http://127.0.0.1:${ETCD_CLIENT_PORT}" \
-		--bind-address 127.0.0.1 \
-		--advertise-address 127.0.0.1 \
+		--bind-address "${APISERVER_HOST}" \
+		--advertise-address "${APISERVER_HOST}" \
 		--secure-port "${APISERVER_PORT}" \
 		--tls-cert-file "${PKI_DIR}/kube-apiserver.crt" \
 		--tls-private-key-file "${PKI_DIR}/kube-apiserver.key" \
@@ -297,11 +353,9 @@ start_apiserver() {
 		--service-account-signing-key-file "${PKI_DIR}/service-account.key" \
 		--service-cluster-ip-range "${SERVICE_CIDR}" \
 		--allow-privileged=true \
-		--endpoint-reconciler-type none \
+		"${lane_flags[@]}" \
 		--v=1
-	wait_until kube-apiserver "kube-apiserver /readyz" \
-		curl -sf --cacert "${PKI_DIR}/ca.crt" --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
-		"https://127.0.0.1:${APISERVER_PORT}/readyz"
+	wait_until kube-apiserver "kube-apiserver /readyz" apiserver_ready
 }
 
 start_controller_manager() {
@@ -316,7 +370,7 @@ start_controller_manager() {
 		--secure-port "${KCM_PORT}" \
 		--tls-cert-file "${PKI_DIR}/kube-controller-manager-serving.crt" \
 		--tls-private-key-file "${PKI_DIR}/kube-controller-manager-serving.key" \
-		--controllers "${KCM_CONTROLLERS}" \
+		--controllers "${KCM_CONTROLLERS}$(if node_lane; then echo ",${KCM_NODE_CONTROLLERS}"; fi)" \
 		--use-service-account-credentials \
 		--service-account-private-key-file "${PKI_DIR}/service-account.key" \
 		--root-ca-file "${PKI_DIR}/ca.crt" \
@@ -351,7 +405,7 @@ write_controller_kubeconfig() {
 	log "wrote ${CONTROLLER_KUBECONFIG} (ServiceAccount ${CONTROLLER_NAMESPACE}/${CONTROLLER_SA}, token valid ${TOKEN_DURATION})"
 }
 
-podsim_wanted() { [[ "${BC_PODSIM:-1}" != 0 ]]; }
+podsim_wanted() { ! node_lane && [[ "${BC_PODSIM:-1}" != 0 ]]; }
 
 start_podsim() {
 	local target_dir="${CARGO_TARGET_DIR:-${REPO_ROOT}/target}"
@@ -373,11 +427,12 @@ start_podsim() {
 components() {
 	echo etcd kube-apiserver kube-controller-manager
 	if podsim_wanted; then echo podsim; fi
+	if node_lane; then echo "${NODE_COMPONENTS}"; fi
 }
 
 apiserver_ready() {
 	curl -sf --cacert "${PKI_DIR}/ca.crt" --cert "${PKI_DIR}/admin.crt" --key "${PKI_DIR}/admin.key" \
-		"https://127.0.0.1:${APISERVER_PORT}/readyz" >/dev/null 2>&1
+		"https://${APISERVER_HOST}:${APISERVER_PORT}/readyz" >/dev/null 2>&1
 }
 
 # True when every wanted component runs and the API server is ready.
@@ -410,7 +465,9 @@ cmd_up() {
 	chmod 700 "${STATE_DIR}"
 	prepare_cluster_env
 	check_ports_free
+	if node_lane; then node_up_network; fi
 	ensure_pki
+	if node_lane; then node_pki; fi
 	write_kubeconfig "${ADMIN_KUBECONFIG}" admin \
 		--client-certificate "${PKI_DIR}/admin.crt" --client-key "${PKI_DIR}/admin.key" --embed-certs
 	start_etcd
@@ -421,12 +478,14 @@ cmd_up() {
 	apply_manifests
 	start_controller_manager
 	write_controller_kubeconfig
-	if podsim_wanted; then
+	if node_lane; then
+		node_up_rest
+	elif podsim_wanted; then
 		start_podsim
 	else
 		log "BC_PODSIM=0: not starting podsim (pods will stay Pending)"
 	fi
-	log "cluster up in $((SECONDS - started))s; use: eval \"\$($0 env)\""
+	log "cluster up (${NODE_LANE} lane) in $((SECONDS - started))s; use: eval \"\$($0 env)\""
 }
 
 cmd_down() {
@@ -438,6 +497,7 @@ cmd_down() {
 	esac
 	if [[ -f "${CLUSTER_ENV}" ]]; then
 		load_cluster_env
+		if node_lane; then node_down; fi
 		for name in podsim kube-controller-manager kube-apiserver etcd; do
 			if [[ -n "$(component_pid "${name}")" ]]; then
 				read -r -a port_list <<<"$(component_ports "${name}")"
@@ -445,6 +505,7 @@ cmd_down() {
 			fi
 			stop_component "${name}"
 		done
+		if node_lane; then node_network_down; fi
 		for port in "${ports[@]}"; do
 			if port_in_use "${port}"; then left+=("${port}"); fi
 		done
@@ -469,7 +530,8 @@ cmd_status() {
 	local name pid all_up=0
 	echo "state dir: ${STATE_DIR}"
 	load_cluster_env
-	for name in etcd kube-apiserver kube-controller-manager podsim; do
+	echo "node lane: ${NODE_LANE}"
+	for name in etcd kube-apiserver kube-controller-manager $(if node_lane; then echo "${NODE_COMPONENTS}"; else echo podsim; fi); do
 		pid="$(component_pid "${name}")"
 		if [[ -n "${pid}" ]]; then
 			printf '%-24s running (pid %s)\n' "${name}" "${pid}"
@@ -480,7 +542,10 @@ cmd_status() {
 			printf '%-24s not started\n' "${name}"
 		fi
 	done
-	echo "apiserver: https://127.0.0.1:${APISERVER_PORT}"
+	echo "apiserver: https://${APISERVER_HOST}:${APISERVER_PORT}"
+	if node_lane; then
+		echo "node:      ${KUBELET_NODE_NAME} ${NODE_IP} (pods ${POD_SUBNET} on ${BRIDGE}); containerd unix://${CONTAINERD_SOCK}"
+	fi
 	if apiserver_ready; then
 		echo "version:   $(kubectl_admin get --raw /version | sed -n 's/.*"gitVersion": "\(.*\)".*/\1/p')"
 	else
@@ -496,7 +561,15 @@ cmd_env() {
 	printf 'export BC_CONTROLLER_KUBECONFIG=%q\n' "${CONTROLLER_KUBECONFIG}"
 	# shellcheck disable=SC2016 # $PATH is for the shell that evals this
 	printf 'export PATH=%q:"$PATH"\n' "$(dirname "${BC_KUBECTL}")"
+	printf 'export BC_NODE=%q\n' "${NODE_LANE}"
+	if node_lane; then
+		printf 'export BC_CONTAINERD_ADDRESS=%q\nexport BC_NODE_NAME=%q\nexport BC_NODE_IP=%q\n' \
+			"${CONTAINERD_SOCK}" "${KUBELET_NODE_NAME}" "${NODE_IP}"
+	fi
 }
+
+# shellcheck source=lib/node-lane.sh
+source "${REPO_ROOT}/scripts/lib/node-lane.sh"
 
 main() {
 	local cmd="${1:-}"

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Every check and test of the project, as CI runs them:
 #   fmt, clippy, CRD drift, unit tests, the btcd interop test, then the
-#   end-to-end tests against a local control plane this script starts and
-#   stops itself (its own state dir and ports, so a running demo is untouched).
+#   end-to-end tests against local control planes this script starts and
+#   stops itself (its own state dirs and ports, so a running demo is
+#   untouched): first the podsim lane, then the kubelet lane (a real node;
+#   needs root and the Debian packages docs/local-cluster.md lists).
 # A component that cannot be built or started fails the run loudly.
+# Each lane runs in a subshell of its own: its settings must not leak.
+# shellcheck disable=SC2030,SC2031
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -35,16 +39,45 @@ BTCD_BIN="$(hack/btcd/build.sh)"
 export BTCD_BIN
 cargo test -p regtest-node --features interop --test btcd_interop -- --nocapture
 
-step "local control plane"
-export BC_CLUSTER_DIR="${BC_TEST_CLUSTER_DIR:-$PWD/.local/test-cluster}"
-export BC_APISERVER_PORT="${BC_APISERVER_PORT:-26443}"
-export BC_ETCD_CLIENT_PORT="${BC_ETCD_CLIENT_PORT:-27790}"
-export BC_ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-27800}"
-export BC_KCM_PORT="${BC_KCM_PORT:-27257}"
-export BC_PODSIM_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.2}"
-scripts/local-cluster.sh up
-trap 'scripts/local-cluster.sh down' EXIT
-eval "$(scripts/local-cluster.sh env)"
+step "local control plane (podsim lane)"
+(
+	export BC_NODE=podsim
+	export BC_CLUSTER_DIR="${BC_TEST_CLUSTER_DIR:-$PWD/.local/test-cluster}"
+	export BC_APISERVER_PORT="${BC_APISERVER_PORT:-26443}"
+	export BC_ETCD_CLIENT_PORT="${BC_ETCD_CLIENT_PORT:-27790}"
+	export BC_ETCD_PEER_PORT="${BC_ETCD_PEER_PORT:-27800}"
+	export BC_KCM_PORT="${BC_KCM_PORT:-27257}"
+	export BC_PODSIM_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.2}"
+	# Before `up`: a failed start leaves what did start running.
+	trap 'scripts/local-cluster.sh down' EXIT
+	scripts/local-cluster.sh up
+	eval "$(scripts/local-cluster.sh env)"
 
-step "end-to-end tests"
-cargo test --features e2e --test e2e -- --test-threads=1 --nocapture
+	step "end-to-end tests (podsim lane)"
+	cargo test --features e2e --test e2e -- --test-threads=1 --nocapture --skip real_node_
+)
+
+# The real node: containerd, kubelet, kube-scheduler, kube-proxy, CNI and
+# CoreDNS, the controller in-cluster from its image (docs/local-cluster.md).
+# Its own state dir, ports, pod subnet and node name.
+step "local control plane (kubelet lane: a real node)"
+(
+	export BC_NODE=kubelet
+	export BC_CLUSTER_DIR="${BC_TEST_NODE_CLUSTER_DIR:-$PWD/.local/test-node-cluster}"
+	export BC_APISERVER_PORT="${BC_NODE_APISERVER_PORT:-26543}"
+	# Ports below the ephemeral range (32768-60999 here), so no outgoing
+	# connection can hold one when a component binds it.
+	export BC_ETCD_CLIENT_PORT="${BC_NODE_ETCD_CLIENT_PORT:-26579}"
+	export BC_ETCD_PEER_PORT="${BC_NODE_ETCD_PEER_PORT:-26580}"
+	export BC_KCM_PORT="${BC_NODE_KCM_PORT:-26557}"
+	export BC_NODE_PORT_BASE="${BC_TEST_NODE_PORT_BASE:-31250}"
+	export BC_POD_NET="${BC_TEST_POD_NET:-10.244.2}"
+	export BC_NODE_NAME="${BC_TEST_NODE_NAME:-bc-test-node}"
+	# Before `up`: a failed start leaves what did start running.
+	trap 'scripts/local-cluster.sh down' EXIT
+	scripts/local-cluster.sh up
+	eval "$(scripts/local-cluster.sh env)"
+
+	step "end-to-end tests (kubelet lane)"
+	cargo test --features e2e --test e2e -- --test-threads=1 --nocapture real_node_
+)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Finds or builds the local control-plane binaries: etcd, kube-apiserver,
-# kube-controller-manager and kubectl.
+# kube-controller-manager and kubectl; with BC_NODE=kubelet also the node's
+# kubelet, kube-scheduler and kube-proxy (same Kubernetes module, same
+# version, built in the same `go build` when several are missing).
 #
 # Source it and call `bc_control_plane_bins`, which sets BC_ETCD,
-# BC_KUBE_APISERVER, BC_KUBE_CONTROLLER_MANAGER and BC_KUBECTL to absolute
-# paths; or execute it, which does the same and prints the four as
-# NAME=path lines.
+# BC_KUBE_APISERVER, BC_KUBE_CONTROLLER_MANAGER and BC_KUBECTL (and
+# BC_KUBELET, BC_KUBE_SCHEDULER, BC_KUBE_PROXY) to absolute paths; or
+# execute it, which does the same and prints them as NAME=path lines.
 #
 # For each binary, in this order:
 #   1. $KUBEBUILDER_ASSETS/<name>, if it has the wanted version;
@@ -128,13 +130,20 @@ _bc_kube_ldflags() {
 	echo "${flags}"
 }
 
+# The binaries wanted: the control plane, plus the node's with BC_NODE=kubelet.
+_bc_wanted_bins() {
+	echo etcd kube-apiserver kube-controller-manager kubectl
+	if [[ "${BC_NODE:-podsim}" == kubelet ]]; then echo kubelet kube-scheduler kube-proxy; fi
+}
+
 bc_control_plane_bins() {
-	local name path kube_missing=() kube_dir etcd_dir
+	local name path kube_missing=() kube_dir etcd_dir wanted
 	declare -A found=()
 	kube_dir="$(_bc_cache_bin_dir kube-apiserver)"
 	etcd_dir="$(_bc_cache_bin_dir etcd)"
+	wanted="$(_bc_wanted_bins)"
 
-	for name in etcd kube-apiserver kube-controller-manager kubectl; do
+	for name in ${wanted}; do
 		path="$(_bc_find_prebuilt "${name}")"
 		if [[ -z "${path}" ]]; then
 			path="$(_bc_cache_bin_dir "${name}")/${name}"
@@ -156,8 +165,8 @@ bc_control_plane_bins() {
 	if [[ ${#kube_missing[@]} -gt 0 ]]; then
 		_bc_go_build "${kube_missing[*]##*/} ${KUBE_VERSION}" "${_bc_repo_root}/hack/k8s" "${kube_dir}" \
 			"$(_bc_kube_ldflags)" "${kube_missing[@]}" || return 1
-		for name in kube-apiserver kube-controller-manager kubectl; do
-			[[ -z "${found[${name}]}" ]] && found[${name}]="${kube_dir}/${name}"
+		for name in ${wanted}; do
+			[[ "${name}" != etcd && -z "${found[${name}]}" ]] && found[${name}]="${kube_dir}/${name}"
 		done
 	fi
 	if [[ -z "${found[etcd]}" ]]; then
@@ -165,7 +174,7 @@ bc_control_plane_bins() {
 		found[etcd]="${etcd_dir}/etcd"
 	fi
 
-	for name in etcd kube-apiserver kube-controller-manager kubectl; do
+	for name in ${wanted}; do
 		path="${found[${name}]}"
 		if ! _bc_version_ok "${name}" "$(_bc_version_of "${name}" "${path}")"; then
 			_bc_log "error: ${path} does not report the wanted version"
@@ -176,6 +185,9 @@ bc_control_plane_bins() {
 	BC_KUBE_APISERVER="${found[kube-apiserver]}"
 	BC_KUBE_CONTROLLER_MANAGER="${found[kube-controller-manager]}"
 	BC_KUBECTL="${found[kubectl]}"
+	BC_KUBELET="${found[kubelet]:-}"
+	BC_KUBE_SCHEDULER="${found[kube-scheduler]:-}"
+	BC_KUBE_PROXY="${found[kube-proxy]:-}"
 }
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
@@ -183,4 +195,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
 	bc_control_plane_bins
 	printf 'BC_ETCD=%s\nBC_KUBE_APISERVER=%s\nBC_KUBE_CONTROLLER_MANAGER=%s\nBC_KUBECTL=%s\n' \
 		"${BC_ETCD}" "${BC_KUBE_APISERVER}" "${BC_KUBE_CONTROLLER_MANAGER}" "${BC_KUBECTL}"
+	if [[ -n "${BC_KUBELET}" ]]; then
+		printf 'BC_KUBELET=%s\nBC_KUBE_SCHEDULER=%s\nBC_KUBE_PROXY=%s\n' "${BC_KUBELET}" "${BC_KUBE_SCHEDULER}" "${BC_KUBE_PROXY}"
+	fi
 fi

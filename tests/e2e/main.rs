@@ -6,6 +6,7 @@
 //! Built only with `--features e2e`; run them with `scripts/test.sh`.
 
 mod harness;
+mod node;
 mod ops;
 mod secrets;
 
