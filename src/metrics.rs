@@ -248,6 +248,9 @@ impl Metrics {
                 result: result.label(),
             });
         }
+        for reason in crate::controller::Error::METRIC_LABELS {
+            let _ = reconcile_errors.get_or_create(&ReasonLabels { reason });
+        }
 
         Self {
             registry: Arc::new(r),

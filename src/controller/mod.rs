@@ -595,7 +595,7 @@ where
                 queue.add_rate_limited(key.clone());
             }
             Err(panic) => {
-                metrics.reconciled(ReconcileResult::Error("Panic"), took);
+                metrics.reconciled(ReconcileResult::Error(problem::PANIC_LABEL), took);
                 log::error!(
                     "{key}: reconcile panicked: {}; retrying with backoff",
                     panic_message(panic)

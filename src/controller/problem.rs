@@ -124,7 +124,27 @@ pub enum Error {
     Problem(Problem),
 }
 
+/// The metric label of a reconcile that panicked.
+pub const PANIC_LABEL: &str = "Panic";
+
 impl Error {
+    /// Every `reason` label of the error metric: present (at 0) from the
+    /// start, so rates and alerts work before the first error.
+    pub const METRIC_LABELS: [&'static str; 12] = [
+        Reason::SecretNotFound.as_str(),
+        Reason::SecretInvalid.as_str(),
+        Reason::SecretAccessDenied.as_str(),
+        Reason::ResourceConflict.as_str(),
+        Reason::ApplyRejected.as_str(),
+        Reason::PodCreationFailed.as_str(),
+        Reason::InvalidSpec.as_str(),
+        Reason::NodeSyncFailed.as_str(),
+        "KubeApi",
+        "CacheNotSynced",
+        "Stale",
+        PANIC_LABEL,
+    ];
+
     pub fn kube(call: impl Into<String>, source: kube_client::Error) -> Self {
         Error::Kube {
             call: call.into(),
@@ -224,6 +244,7 @@ mod tests {
                 Error::Problem(Problem::new(reason, "x")).metric_label(),
                 name
             );
+            assert!(Error::METRIC_LABELS.contains(&name), "{name}");
         }
     }
 }
