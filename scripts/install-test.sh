@@ -12,8 +12,11 @@
 #     cluster-wide and in single-namespace mode.
 # helm is built from the Go module proxy on first use (scripts/lib/helm.sh).
 #
-# The pod simulator runs no containers, so the controller pods of the chart
-# are created but never Ready here; that needs a real node.
+# The pod simulator runs no containers: for the chart's controller pods this
+# script starts controller processes itself, with each pod's args, the
+# chart's ServiceAccount token and the pod's address, so the pods turn Ready
+# and a network reaches Ready under the chart's RBAC. The container image
+# itself is never run here; that needs a real node.
 #
 # BC_INSTALL_KEEP_CLUSTER=1 leaves the control plane running afterwards.
 # shellcheck source-path=SCRIPTDIR
@@ -68,10 +71,22 @@ export BC_ETCD_CLIENT_PORT="${BC_INSTALL_ETCD_CLIENT_PORT:-28790}"
 export BC_ETCD_PEER_PORT="${BC_INSTALL_ETCD_PEER_PORT:-28800}"
 export BC_KCM_PORT="${BC_INSTALL_KCM_PORT:-28257}"
 export BC_PODSIM_IP_PREFIX="${BC_INSTALL_PODSIM_IP_PREFIX:-127.5}"
+# Controller processes this script starts (stand-ins for the chart's pods).
+STANDINS=()
+stop_standins() {
+	local pid
+	for pid in "${STANDINS[@]}"; do kill -TERM "${pid}" 2>/dev/null || true; done
+	for pid in "${STANDINS[@]}"; do wait "${pid}" 2>/dev/null || true; done
+	STANDINS=()
+}
+cleanup() {
+	stop_standins
+	if [[ "${BC_INSTALL_KEEP_CLUSTER:-0}" != 1 ]]; then
+		scripts/local-cluster.sh down
+	fi
+}
+trap cleanup EXIT
 scripts/local-cluster.sh up
-if [[ "${BC_INSTALL_KEEP_CLUSTER:-0}" != 1 ]]; then
-	trap 'scripts/local-cluster.sh down' EXIT
-fi
 eval "$(scripts/local-cluster.sh env)"
 
 step "kustomize: the image is set through images: (an overlay)"
@@ -167,6 +182,100 @@ until [[ "$(kubectl get pods -n "${NS}" -l app.kubernetes.io/instance="${RELEASE
 	sleep 1
 done
 kubectl get pods -n "${NS}" -l app.kubernetes.io/instance="${RELEASE}" -o wide
+
+step "the chart's pods run: controller processes stand in for their containers"
+# podsim runs no containers, so for each pod of the chart's Deployment a
+# controller process runs with that pod's args, env and ServiceAccount token,
+# bound to the pod's address: podsim's readiness probe (GET /readyz on the
+# pod's health port) then sees it, and the controller works with exactly the
+# RBAC the chart granted.
+cargo build -q --bin bitcoin-controller
+controller_bin="${CARGO_TARGET_DIR:-${PWD}/target}/debug/bitcoin-controller"
+sa_kubeconfig="${BC_CLUSTER_DIR}/chart-sa.kubeconfig"
+kubectl config view --raw --minify -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' |
+	base64 -d >"${BC_CLUSTER_DIR}/chart-ca.crt"
+kubectl --kubeconfig "${sa_kubeconfig}" config set-cluster local \
+	--server "$(kubectl config view --minify -o jsonpath='{.clusters[0].cluster.server}')" \
+	--certificate-authority "${BC_CLUSTER_DIR}/chart-ca.crt" --embed-certs >/dev/null
+kubectl --kubeconfig "${sa_kubeconfig}" config set-credentials chart-sa \
+	--token "$(kubectl create token bitcoin-controller -n "${NS}" --duration 1h)" >/dev/null
+kubectl --kubeconfig "${sa_kubeconfig}" config set-context local --cluster local --user chart-sa >/dev/null
+kubectl --kubeconfig "${sa_kubeconfig}" config use-context local >/dev/null
+mapfile -t chart_args < <(kubectl get deployment -n "${NS}" "${RELEASE}" \
+	-o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}')
+rust_log="$(kubectl get deployment -n "${NS}" "${RELEASE}" \
+	-o jsonpath='{.spec.template.spec.containers[0].env[?(@.name=="RUST_LOG")].value}')"
+declare -A pod_ip=()
+while read -r pod ip; do
+	[[ -n "${ip}" ]] || fail "pod ${pod} has no IP"
+	pod_ip[${pod}]="${ip}"
+	args=()
+	for arg in "${chart_args[@]}"; do
+		case "${arg}" in
+		--metrics-bind-address=:* | --health-probe-bind-address=:*) arg="${arg%%=*}=${ip}:${arg##*:}" ;;
+		esac
+		args+=("${arg}")
+	done
+	echo "${pod} (${ip}): bitcoin-controller ${args[*]}"
+	POD_NAME="${pod}" POD_NAMESPACE="${NS}" RUST_LOG="${rust_log}" \
+		"${controller_bin}" --kubeconfig "${sa_kubeconfig}" "${args[@]}" \
+		>"${BC_CLUSTER_DIR}/logs/chart-${pod}.log" 2>&1 &
+	STANDINS+=("$!")
+done < <(kubectl get pods -n "${NS}" -l app.kubernetes.io/instance="${RELEASE}" \
+	-o jsonpath='{range .items[*]}{.metadata.name} {.status.podIP}{"\n"}{end}')
+kubectl -n "${NS}" rollout status "deployment/${RELEASE}" --timeout=120s
+kubectl -n "${NS}" get deployment,pods -l app.kubernetes.io/instance="${RELEASE}"
+
+# wait_jsonpath <what> <want> <timeout s> <kubectl get args>...
+wait_jsonpath() {
+	local what="$1" want="$2" deadline=$((SECONDS + $3)) got=""
+	shift 3
+	until got="$(kubectl get "$@" 2>/dev/null)" && [[ "${got}" == "${want}" ]]; do
+		((SECONDS < deadline)) || fail "${what}: '${got}', expected '${want}'"
+		sleep 1
+	done
+	echo "${what}: ${got}"
+}
+
+holder="$(kubectl get lease -n "${NS}" bitcoin-controller -o jsonpath='{.spec.holderIdentity}')"
+echo "Lease bitcoin-controller held by ${holder}"
+kubectl -n nets create -f - <<'EOF'
+apiVersion: bitcoincontroller.christianb93.github.com/v1
+kind: BitcoinNetwork
+metadata:
+  name: chart-net
+spec:
+  nodes: 3
+EOF
+kubectl -n other create -f - <<'EOF'
+apiVersion: bitcoincontroller.christianb93.github.com/v1
+kind: BitcoinNetwork
+metadata:
+  name: no-secrets
+spec:
+  nodes: 1
+EOF
+wait_jsonpath "nets/chart-net Ready" True 180 -n nets bitcoinnetwork/chart-net \
+	-o jsonpath='{.status.conditions[?(@.type=="Ready")].status}'
+wait_jsonpath "other/no-secrets Degraded reason (no Secrets RoleBinding there)" SecretAccessDenied 60 \
+	-n other bitcoinnetwork/no-secrets -o jsonpath='{.status.conditions[?(@.type=="Degraded")].reason}'
+kubectl get bcn -A
+
+step "the dashboard's metrics against the leader's /metrics"
+leader_ip=""
+for pod in "${!pod_ip[@]}"; do
+	[[ "${holder}" == "${pod}"* ]] && leader_ip="${pod_ip[${pod}]}"
+done
+[[ -n "${leader_ip}" ]] || fail "no chart pod holds the Lease (holder '${holder}')"
+metrics_port="$(printf '%s\n' "${chart_args[@]}" | sed -n 's/^--metrics-bind-address=:\([0-9]*\)$/\1/p')"
+curl -sf "http://${leader_ip}:${metrics_port}/metrics" >"${BC_CLUSTER_DIR}/scraped-metrics.txt" ||
+	fail "could not scrape http://${leader_ip}:${metrics_port}/metrics"
+BC_SCRAPED_METRICS="${BC_CLUSTER_DIR}/scraped-metrics.txt" \
+	cargo test --test dashboard -- --ignored --nocapture dashboard_queries_only_scraped_metrics
+
+kubectl delete bitcoinnetwork -n nets chart-net --wait=true
+kubectl delete bitcoinnetwork -n other no-secrets --wait=true
+stop_standins
 
 step "helm uninstall (cluster-wide): only the CRD is left"
 helm uninstall "${RELEASE}" --namespace "${NS}" --wait --timeout 120s
