@@ -342,6 +342,50 @@ fn chart_values_reach_the_deployment() {
     }
 }
 
+/// Settings that cannot work are refused at render time.
+#[test]
+#[ignore = "needs helm: scripts/install-test.sh runs it"]
+fn chart_refuses_settings_that_cannot_work() {
+    for (set, says) in [
+        (
+            "leaderElection.enabled=false",
+            "replicas > 1 needs leaderElection.enabled=true",
+        ),
+        (
+            "watchNamespace=nets,rbac.secretNamespaces={a}",
+            "rbac.secretNamespaces is for cluster-wide mode",
+        ),
+        ("resyncPeriod=1m30s", "does not match pattern"),
+        (
+            "watchNamespaces=nets",
+            "additional properties 'watchNamespaces'",
+        ),
+    ] {
+        let out = Command::new(tool("BC_HELM", "helm"))
+            .args([
+                "template",
+                RELEASE,
+                "charts/bitcoin-controller",
+                "--set",
+                set,
+            ])
+            .current_dir(root())
+            .output()
+            .expect("run helm");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} was accepted");
+        assert!(stderr.contains(says), "--set {set}: {stderr}");
+    }
+    // One replica without leader election is fine.
+    let objects = by_key(helm_template(&[
+        "--set",
+        "leaderElection.enabled=false,replicas=1",
+    ]));
+    assert!(!objects.contains_key(&format!(
+        "Role/{NAMESPACE}/bitcoin-controller-leader-election"
+    )));
+}
+
 /// The chart's CRD is manifests/crd.yaml (which CI checks against
 /// `bitcoin-controller crd`). Copy it after regenerating:
 /// `cp manifests/crd.yaml charts/bitcoin-controller/crds/bitcoinnetworks.yaml`.
