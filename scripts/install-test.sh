@@ -62,7 +62,7 @@ step "kubectl kustomize manifests/"
 kubectl kustomize manifests/ | kinds_and_names
 
 step "chart vs manifests/ (tests/install.rs)"
-cargo test --test install -- --include-ignored --nocapture
+cargo test --features install --test install -- --nocapture
 
 step "local control plane (own state dir and ports)"
 export BC_CLUSTER_DIR="${BC_INSTALL_CLUSTER_DIR:-$PWD/.local/install-cluster}"
@@ -271,7 +271,7 @@ metrics_port="$(printf '%s\n' "${chart_args[@]}" | sed -n 's/^--metrics-bind-add
 curl -sf "http://${leader_ip}:${metrics_port}/metrics" >"${BC_CLUSTER_DIR}/scraped-metrics.txt" ||
 	fail "could not scrape http://${leader_ip}:${metrics_port}/metrics"
 BC_SCRAPED_METRICS="${BC_CLUSTER_DIR}/scraped-metrics.txt" \
-	cargo test --test dashboard -- --ignored --nocapture dashboard_queries_only_scraped_metrics
+	cargo test --features install --test dashboard -- --nocapture dashboard_queries_only_scraped_metrics
 
 kubectl delete bitcoinnetwork -n nets chart-net --wait=true
 kubectl delete bitcoinnetwork -n other no-secrets --wait=true

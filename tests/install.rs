@@ -4,10 +4,9 @@
 //! manifests/crd.yaml, and its single-namespace mode binds Roles in one
 //! namespace only.
 //!
-//! The tests that render need `helm` and `kubectl` (`$BC_HELM` /
-//! `$BC_KUBECTL`, else on `PATH`), so they are `#[ignore]`d in a plain
-//! `cargo test`; `scripts/install-test.sh` builds helm and runs them with
-//! `--include-ignored`.
+//! The tests need `helm` and `kubectl` (`$BC_HELM` / `$BC_KUBECTL`, else on
+//! `PATH`), so they build only with `--features install`;
+//! `scripts/install-test.sh` builds helm and runs them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -191,7 +190,6 @@ fn assert_service_selects_pods(objects: &BTreeMap<String, Value>, source: &str) 
 /// manifests/`, except the Namespace: Helm installs into an existing (or
 /// `--create-namespace`) namespace instead of owning it.
 #[test]
-#[ignore = "needs helm and kubectl: scripts/install-test.sh runs it"]
 fn chart_default_install_equals_manifests() {
     let mut manifests = by_key(kustomize());
     let chart = by_key(helm_template(&[]));
@@ -229,7 +227,6 @@ fn chart_default_install_equals_manifests() {
 /// Single-namespace mode: `--namespace`, Roles and RoleBindings in that
 /// namespace only (the Secrets Role included), no cluster-wide grant.
 #[test]
-#[ignore = "needs helm: scripts/install-test.sh runs it"]
 fn chart_single_namespace_mode_binds_roles_there_only() {
     let defaults = by_key(helm_template(&[]));
     let objects = by_key(helm_template(&["--set", "watchNamespace=nets"]));
@@ -292,7 +289,6 @@ fn chart_single_namespace_mode_binds_roles_there_only() {
 
 /// Values reach the Deployment; the ServiceMonitor is off by default.
 #[test]
-#[ignore = "needs helm: scripts/install-test.sh runs it"]
 fn chart_values_reach_the_deployment() {
     let defaults = by_key(helm_template(&[]));
     assert!(
@@ -344,7 +340,6 @@ fn chart_values_reach_the_deployment() {
 
 /// Settings that cannot work are refused at render time.
 #[test]
-#[ignore = "needs helm: scripts/install-test.sh runs it"]
 fn chart_refuses_settings_that_cannot_work() {
     for (set, says) in [
         (
