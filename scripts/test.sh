@@ -81,3 +81,10 @@ step "local control plane (kubelet lane: a real node)"
 	step "end-to-end tests (kubelet lane)"
 	cargo test --features e2e --test e2e -- --test-threads=1 --nocapture real_node_
 )
+
+# ---------------------------------------------------------------- install paths
+# Helm chart and kustomize (charts/bitcoin-controller, manifests/): helm lint,
+# helm template vs manifests/, helm install/uninstall and a server-side dry run
+# of `kubectl apply -k` on a control plane of its own (other ports and state).
+step "install paths (scripts/install-test.sh)"
+scripts/install-test.sh

@@ -291,4 +291,45 @@ mod tests {
         }
         walk(&schema(), "");
     }
+
+    /// `kubectl explain bitcoinnetwork.<path>` shows the schema's
+    /// descriptions: every property of spec and status (and of the items of
+    /// their lists, metav1.Condition's fields included) must have one.
+    #[test]
+    fn every_schema_property_has_a_description() {
+        fn walk(v: &Value, path: &str, missing: &mut Vec<String>, seen: &mut usize) {
+            *seen += 1;
+            let described = v
+                .get("description")
+                .and_then(Value::as_str)
+                .is_some_and(|d| !d.trim().is_empty());
+            if !described {
+                missing.push(path.to_owned());
+            }
+            if let Some(props) = v.get("properties").and_then(Value::as_object) {
+                for (k, p) in props {
+                    walk(p, &format!("{path}.{k}"), missing, seen);
+                }
+            }
+            if let Some(items) = v.get("items") {
+                walk(items, &format!("{path}[]"), missing, seen);
+            }
+            if let Some(extra) = v.get("additionalProperties").filter(|a| a.is_object()) {
+                walk(extra, &format!("{path}{{}}"), missing, seen);
+            }
+        }
+        let (mut missing, mut seen) = (Vec::new(), 0);
+        walk(&schema(), "bitcoinnetwork", &mut missing, &mut seen);
+        assert!(missing.is_empty(), "no description at {missing:?}");
+        // The walk reached the nested properties: spec (3), status (5), a
+        // node (8), a condition (6), and the objects and lists above them.
+        assert!(seen >= 27, "walked only {seen} schema nodes");
+        let conditions = &schema()["properties"]["status"]["properties"]["conditions"];
+        for field in ["type", "status", "reason", "message", "lastTransitionTime"] {
+            assert!(
+                conditions["items"]["properties"][field]["description"].is_string(),
+                "status.conditions[].{field} has no description"
+            );
+        }
+    }
 }

@@ -104,17 +104,22 @@ impl k8s_openapi::Metadata for BitcoinNetwork {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BitcoinNetworkSpec {
-    /// Number of bitcoind nodes in the network.
+    /// Number of bitcoind nodes in the network, 0 to 100. The scale
+    /// subresource maps to it: `kubectl scale bitcoinnetwork/NAME --replicas=N`.
     #[schemars(range(min = 0, max = MAX_NODES))]
     pub nodes: i32,
     /// Name of a Secret in the network's namespace holding the RPC credentials
     /// (keys BC_RPC_USER and BC_RPC_PASSWORD). When empty, the controller
-    /// creates a Secret named after the network.
+    /// creates a Secret named after the network. Either way the namespace must
+    /// bind the ClusterRole bitcoin-controller-secrets to the controller's
+    /// ServiceAccount, else the network reports SecretAccessDenied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub secret: Option<String>,
     /// Container image running bitcoind (and bitcoin-cli for the readiness
-    /// probe). Defaults to bitcoin/bitcoin:29.0.
+    /// probe); both must be on PATH. Defaults to bitcoin/bitcoin:29.0. An
+    /// image reference: letters, digits and . _ / : @ - only, no whitespace.
+    /// Changing it rolls the nodes' pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub image: Option<String>,
@@ -140,6 +145,9 @@ pub struct BitcoinNetworkStatus {
     /// `Ready` (every node ready and connected), `Progressing` (nodes are
     /// starting, stopping or connecting) and `Degraded` (something needs the
     /// user: a missing Secret, a name conflict, nodes that do not answer).
+    /// The reason of `Degraded` names the problem (e.g. SecretNotFound,
+    /// SecretAccessDenied, ResourceConflict, NodeSyncFailed) and its message
+    /// says what to do; `kubectl describe` shows the matching Events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
