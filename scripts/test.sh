@@ -80,6 +80,9 @@ step "local control plane (kubelet lane: a real node)"
 
 	step "end-to-end tests (kubelet lane)"
 	cargo test --features e2e --test e2e -- --test-threads=1 --nocapture real_node_
+
+	step "the Helm chart on the real node (scripts/chart-on-node.sh)"
+	scripts/chart-on-node.sh
 )
 
 # ---------------------------------------------------------------- install paths
