@@ -5,11 +5,12 @@
 #
 # usage: scripts/bench.sh [--networks 10,100,300] [--nodes 3]
 #                         [--unrelated PODS,SECRETS] [--unrelated-ns NS]
-#        scripts/bench.sh NETWORKS [NODES]          (one run, as before)
+#        scripts/bench.sh NETWORKS [NODES]          (one run; NODES 5 as before)
+# Without arguments: one run of 20 networks of 3 nodes.
 #
 # One run per entry of --networks: a fresh controller process (release build,
-# its own ServiceAccount), that many networks created at once in namespace
-# `bench`, then BC_BENCH_IDLE_SECS (default 300) at rest, then the namespace
+# its own ServiceAccount), that many networks created at once in a namespace
+# of their own (bench-n<networks>), then BC_BENCH_IDLE_SECS (default 300) at rest, then the namespace
 # is deleted. With --unrelated, the runs are made twice: first as they are,
 # then again on a background of PODS unrelated pods and SECRETS unrelated
 # Secrets in namespace NS (default bench-unrelated), created before the
@@ -60,6 +61,9 @@ fi
 IDLE_SECS=${BC_BENCH_IDLE_SECS:-300}
 TIMEOUT=${BC_BENCH_TIMEOUT:-1200}
 DELETE_TIMEOUT=${BC_BENCH_DELETE_TIMEOUT:-900}
+# Each run gets its own namespace (bench-<run>): kube-controller-manager
+# still posts Events about the last run's StatefulSets for a few seconds after
+# their namespace is gone, and would otherwise post them into the next run's.
 NS=bench
 export BC_CLUSTER_DIR="${BC_CLUSTER_DIR:-$PWD/.local/cluster}"
 OUT_DIR="$BC_CLUSTER_DIR/bench"
@@ -281,6 +285,7 @@ declare -A RSS_REST_BY_RUN RSS_IDLE_BY_RUN
 run_one() { # networks background-label
 	local networks=$1 bg=$2 pods=$(($1 * NODES))
 	local label="n${networks}${bg:+-bg}" log="$BC_CLUSTER_DIR/logs/bench-controller-n${networks}${bg:+-bg}.log"
+	NS="bench-$label"
 	local load_start load_end
 	load_start=$(loadavg)
 	say "=== run $label: $networks networks x $NODES nodes ($pods pods), background: ${bg:-none}; load average at start: $load_start; $(date -u +%H:%M:%S) UTC"
