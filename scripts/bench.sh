@@ -216,6 +216,7 @@ stop_controller() {
 }
 
 BACKGROUND_MADE=0
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
 	stop_controller
 	kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
