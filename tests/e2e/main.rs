@@ -116,11 +116,21 @@ async fn service_account_has_least_privilege() {
         .expect("list pods");
     // Secrets only where a namespace granted them (the harness's test
     // namespaces bind bitcoin-controller-secrets, as users do).
+    // The API server authorizes from an RBAC cache fed by a watch: a
+    // RoleBinding just created may not be in it yet (403 for a moment).
+    // Poll, bounded, until the grant takes effect.
     let granted = TestNamespace::create(&admin_client().await, "e2e-rbac").await;
-    Api::<Secret>::namespaced(sa.clone(), &granted.name)
-        .list(&lp)
-        .await
-        .expect("list Secrets in a namespace that granted them");
+    let secrets = Api::<Secret>::namespaced(sa.clone(), &granted.name);
+    let (_, took) = wait_for(
+        "list Secrets in a namespace that granted them",
+        Duration::from_secs(30),
+        || async { secrets.list(&lp).await.map(drop).map_err(|e| e.to_string()) },
+    )
+    .await;
+    println!(
+        "Secrets readable {:.2}s after the RoleBinding",
+        took.as_secs_f64()
+    );
     granted.delete().await;
     // Refused: everything else.
     forbidden(
