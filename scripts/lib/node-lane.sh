@@ -162,10 +162,16 @@ EOF
 node_network_down() {
 	local family table saved
 	nft delete table inet "${GUARD_TABLE}" 2>/dev/null || true
-	# kube-proxy's nftables tables (one kube-proxy per machine: `up` checks).
-	for family in ip ip6; do
-		nft delete table "${family}" kube-proxy 2>/dev/null || true
-	done
+	# kube-proxy's nftables tables (one kube-proxy per machine: `up` checks),
+	# if this lane's kube-proxy made them: a lane whose `up` stopped at that
+	# check must not delete the running lane's tables on its way down (its
+	# pods would lose every Service address until kube-proxy's next resync).
+	if [[ -f "${NODE_DIR}/kube-proxy.started" ]]; then
+		for family in ip ip6; do
+			nft delete table "${family}" kube-proxy 2>/dev/null || true
+		done
+		rm -f "${NODE_DIR}/kube-proxy.started"
+	fi
 	node_iptables_cleanup
 	if [[ -f "${NODE_DIR}/bridge.created" ]] && ip link show "${BRIDGE}" >/dev/null 2>&1; then
 		ip link delete "${BRIDGE}"
@@ -545,6 +551,9 @@ conntrack:
   udpTimeout: 0s
   udpStreamTimeout: 0s
 EOF
+	# The tables are named 'kube-proxy' whoever made them: `down` deletes
+	# them only if this lane's kube-proxy ran, never another lane's.
+	touch "${NODE_DIR}/kube-proxy.started"
 	start_in_ns kube-proxy "${BC_KUBE_PROXY}" --config "${NODE_DIR}/kube-proxy-config.yaml" --v=1
 	wait_until kube-proxy "kube-proxy /healthz" \
 		curl -sf "http://127.0.0.1:${PROXY_HEALTHZ_PORT}/healthz"

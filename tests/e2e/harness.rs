@@ -1,6 +1,14 @@
 //! Shared pieces of the end-to-end tests: the local control plane's
 //! kubeconfigs, a controller process under its own ServiceAccount, test
 //! namespaces, polling, and RPC access to the nodes.
+//!
+//! Lane-aware (`BC_NODE`, which `scripts/local-cluster.sh env` prints): on
+//! the podsim lane the tests start the controller as a local process; on the
+//! kubelet lane (a real node) the controller already runs in-cluster from
+//! `manifests/controller.yaml` (two replicas, leader election), so
+//! [`ControllerProcess`] starts nothing, reads the in-cluster controllers'
+//! logs, and "kills" the controller by deleting the leader's pod; networks
+//! use the node test image.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,6 +24,113 @@ use kube_client::api::{DeleteParams, ListParams, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use serde_json::Value;
+
+/// The node test image `scripts/image.sh` builds and imports (kubelet lane).
+pub const NODE_IMAGE: &str = "bitcoin-regtest-node:dev";
+
+/// Namespace, name and pod label of the in-cluster controller.
+pub const CONTROLLER_NS: &str = "bitcoin-controller";
+const CONTROLLER_LEASE: &str = "bitcoin-controller";
+const CONTROLLER_PODS: &str = "app.kubernetes.io/name=bitcoin-controller";
+
+/// True on the kubelet lane (`BC_NODE=kubelet`): a real node, the controller
+/// in-cluster.
+pub fn real_node_lane() -> bool {
+    std::env::var("BC_NODE").as_deref() == Ok("kubelet")
+}
+
+/// The `spec.image` networks need on this lane: the node test image on the
+/// real node (the default image is not on the node, and there is no
+/// registry), none (the default) on podsim, which runs no container.
+pub fn lane_image() -> Option<String> {
+    real_node_lane().then(|| NODE_IMAGE.to_owned())
+}
+
+/// Prints what a scenario checks differently on the real node, and why.
+pub fn real_node_note(test: &str, note: &str) {
+    if real_node_lane() {
+        println!("REAL NODE NOTE: {test}: {note}");
+    }
+}
+
+/// Runs kubectl (the one `local-cluster.sh env` put first on PATH, with its
+/// KUBECONFIG); success, stdout, stderr.
+pub fn kubectl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl")
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Names of the in-cluster controller's pods (not being deleted).
+fn controller_pod_names() -> Vec<String> {
+    let (ok, out, err) = kubectl(&[
+        "-n",
+        CONTROLLER_NS,
+        "get",
+        "pods",
+        "-l",
+        CONTROLLER_PODS,
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+    ]);
+    assert!(ok, "list the controller pods: {err}");
+    out.lines()
+        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
+            [name] => Some(name.to_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The pod holding the controller's Lease, if any.
+fn controller_leader() -> Option<String> {
+    let (ok, holder, _) = kubectl(&[
+        "-n",
+        CONTROLLER_NS,
+        "get",
+        "lease",
+        CONTROLLER_LEASE,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    if !ok || holder.is_empty() {
+        return None;
+    }
+    kubectl(&[
+        "-n",
+        CONTROLLER_NS,
+        "get",
+        "pods",
+        "-l",
+        CONTROLLER_PODS,
+        "-o",
+        "name",
+    ])
+    .1
+    .lines()
+    .map(|l| l.trim_start_matches("pod/").to_owned())
+    .find(|pod| holder.starts_with(pod.as_str()))
+}
+
+/// What the in-cluster controller pods have logged in the last `since`
+/// (`kubectl logs --since` of each replica, the leader included; the standby
+/// logs little). Logs of pods deleted earlier are gone with them.
+fn in_cluster_log(since: Duration) -> String {
+    let since = format!("--since={}s", since.as_secs() + 2);
+    let mut text = String::new();
+    for pod in controller_pod_names() {
+        let (ok, out, err) = kubectl(&["-n", CONTROLLER_NS, "logs", &since, &pod]);
+        assert!(ok, "kubectl logs {pod}: {err}");
+        text.push_str(&out);
+    }
+    text
+}
 
 /// A regtest address (BIP 173 test vector) to mine to.
 pub const MINING_ADDRESS: &str = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
@@ -72,10 +187,13 @@ fn with_defaults<'a>(args: &[&'a str]) -> Vec<&'a str> {
 }
 
 /// The controller binary running under the ServiceAccount kubeconfig; killed
-/// on drop. Its log goes to `target/e2e-logs/<name>.log`.
+/// on drop. Its log goes to `target/e2e-logs/<name>.log`. On the real node
+/// (kubelet lane) no process: the in-cluster controller does the work.
 pub struct ControllerProcess {
-    child: Child,
-    log: PathBuf,
+    /// The local process and its log file; `None` on the real node.
+    local: Option<(Child, PathBuf)>,
+    /// On the real node the log read is what was logged since then.
+    started: Instant,
 }
 
 impl ControllerProcess {
@@ -85,8 +203,22 @@ impl ControllerProcess {
         Self::start_logging(name, extra_args, &level)
     }
 
-    /// Starts the controller with `RUST_LOG=<rust_log>`.
+    /// Starts the controller with `RUST_LOG=<rust_log>`. On the real node it
+    /// starts nothing (a second controller would only stand by, or fight the
+    /// in-cluster one); the in-cluster controller runs with the flags and
+    /// log level of manifests/controller.yaml, not `extra_args`/`rust_log`.
     pub fn start_logging(name: &str, extra_args: &[&str], rust_log: &str) -> Self {
+        if real_node_lane() {
+            println!(
+                "{name}: real node: no local controller; the in-cluster one \
+                 (manifests/controller.yaml) does the work \
+                 (ignored here: args {extra_args:?}, RUST_LOG={rust_log})"
+            );
+            return ControllerProcess {
+                local: None,
+                started: Instant::now(),
+            };
+        }
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-logs");
         std::fs::create_dir_all(&dir).expect("log dir");
         let log = dir.join(format!("{name}.log"));
@@ -102,29 +234,67 @@ impl ControllerProcess {
             .spawn()
             .expect("start the controller binary");
         println!("controller log: {}", log.display());
-        ControllerProcess { child, log }
+        ControllerProcess {
+            local: Some((child, log)),
+            started: Instant::now(),
+        }
     }
 
-    /// Everything the controller has logged so far.
+    /// Everything the controller has logged so far; on the real node what
+    /// the in-cluster controller pods have logged since this "start"
+    /// (`kubectl logs --since`; the same window as a local process's log).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).expect("controller log")
+        match &self.local {
+            Some((_, log)) => std::fs::read_to_string(log).expect("controller log"),
+            None => in_cluster_log(self.started.elapsed()),
+        }
     }
 
     /// Sends SIGKILL (a crash, no graceful shutdown) and reaps the process.
+    /// On the real node: deletes the leader's pod (the standby takes the
+    /// Lease over, the Deployment starts a new replica).
     pub fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        match self.local.as_mut() {
+            Some((child, _)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            None => {
+                let leader = controller_leader().expect("a controller Lease holder");
+                println!("real node: deleting the leader pod {leader} instead of a kill");
+                let (ok, _, err) = kubectl(&[
+                    "-n",
+                    CONTROLLER_NS,
+                    "delete",
+                    "pod",
+                    &leader,
+                    "--wait=false",
+                ]);
+                assert!(ok, "delete the leader pod {leader}: {err}");
+            }
+        }
     }
 }
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let Some((child, log)) = self.local.as_mut() else {
+            if std::thread::panicking() {
+                let text = in_cluster_log(self.started.elapsed());
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                eprintln!("--- last lines of the in-cluster controller logs ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+            return;
+        };
+        let _ = child.kill();
+        let _ = child.wait();
         if std::thread::panicking() {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let text = std::fs::read_to_string(&*log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            eprintln!("--- last lines of {} ---", self.log.display());
+            eprintln!("--- last lines of {} ---", log.display());
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
@@ -201,13 +371,14 @@ pub async fn grant_secret_access(client: &Client, ns: &str) {
         .expect("create the Secret RoleBinding");
 }
 
-/// Creates a network with `nodes` nodes in `ns`.
+/// Creates a network with `nodes` nodes in `ns` (with the lane's image).
 pub async fn create_network(client: &Client, ns: &str, name: &str, nodes: i32) -> BitcoinNetwork {
     let api: Api<BitcoinNetwork> = Api::namespaced(client.clone(), ns);
     let net = BitcoinNetwork::new(
         name,
         BitcoinNetworkSpec {
             nodes,
+            image: lane_image(),
             ..Default::default()
         },
     );

@@ -22,9 +22,6 @@ use serde_json::{json, Value};
 
 use crate::harness::*;
 
-/// The node test image `scripts/image.sh` builds and imports.
-const NODE_IMAGE: &str = "bitcoin-regtest-node:dev";
-const CONTROLLER_NS: &str = "bitcoin-controller";
 const CONF: &str = "-conf=/etc/bitcoin/bitcoin.conf";
 const DATADIR: &str = "-datadir=/data";
 
@@ -39,19 +36,6 @@ fn real_node(test: &str) -> bool {
         );
         false
     }
-}
-
-/// Runs kubectl (the one `local-cluster.sh env` put first on PATH).
-fn kubectl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("kubectl")
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 async fn create_node_network(client: &Client, ns: &str, name: &str, nodes: i32) -> BitcoinNetwork {
