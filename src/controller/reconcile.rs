@@ -124,6 +124,14 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
                     net.metadata.resource_version.as_deref().unwrap_or_default()
                 )))
             }
+            Err(e) if status_code(&e) == Some(404) => {
+                // Deleted after the cache read, or the cache missed the
+                // delete (a watch on a dead connection): either way nothing
+                // is left to do, and the network cache watches again.
+                log::debug!("{key}: network is gone from the API server, refreshing the cache");
+                ctx.networks.request_rewatch();
+                return Ok(Action::Done);
+            }
             Err(e) => return Err(Error::kube(format!("writing the status of network {key}"), e)),
         }
         log::debug!(
@@ -361,10 +369,9 @@ async fn secret_view(ctx: &Context, net: &BitcoinNetwork) -> Result<SecretView, 
         SecretAccess::Denied(refusal) => Err(Error::Problem(Problem::new(
             Reason::SecretAccessDenied,
             format!(
-                "the controller may not read Secrets in namespace {ns}: bind the ClusterRole \
-                 bitcoin-controller-secrets to its ServiceAccount there (kubectl create rolebinding \
-                 bitcoin-controller-secrets -n {ns} --clusterrole=bitcoin-controller-secrets \
-                 --serviceaccount=bitcoin-controller:bitcoin-controller); the API server said: {refusal}"
+                "no access to Secrets in namespace {ns} ({refusal}); grant it with: kubectl create \
+                 rolebinding bitcoin-controller-secrets -n {ns} --clusterrole=bitcoin-controller-secrets \
+                 --serviceaccount=bitcoin-controller:bitcoin-controller"
             ),
         ))),
         SecretAccess::Pending(failure) => Err(Error::CacheNotSynced(format!(

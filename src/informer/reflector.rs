@@ -307,7 +307,18 @@ where
             } else {
                 Instant::now() + self.idle_timeout
             };
-            let event = match timeout_at(deadline, events.next()).await {
+            let next = tokio::select! {
+                biased;
+                () = self.store.rewatch_requested() => {
+                    debug!(
+                        "{} informer: the cache is behind the API server, watching again from {rv}",
+                        self.kind
+                    );
+                    return Next::Rewatch;
+                }
+                next = timeout_at(deadline, events.next()) => next,
+            };
+            let event = match next {
                 Err(_) if settling => {
                     settling = false;
                     self.synced.set_fresh(true);

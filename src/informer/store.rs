@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use kube_client::Resource;
+use tokio::sync::Notify;
 
 /// Identifies a cached object: `namespace/name`, or just `name` for
 /// cluster-scoped objects (whose namespace is the empty string).
@@ -142,19 +143,28 @@ fn write<K>(index: &RwLock<Index<K>>) -> RwLockWriteGuard<'_, Index<K>> {
 /// The writable side of the cache; only the informer task holds it.
 pub(super) struct Store<K> {
     index: Shared<K>,
+    rewatch: Arc<Notify>,
 }
 
 impl<K: Resource> Store<K> {
     pub(super) fn new() -> Self {
         Self {
             index: Arc::new(RwLock::new(Index::default())),
+            rewatch: Arc::new(Notify::new()),
         }
     }
 
     pub(super) fn lister(&self) -> Lister<K> {
         Lister {
             index: Arc::clone(&self.index),
+            rewatch: Arc::clone(&self.rewatch),
         }
+    }
+
+    /// Completes when a reader called [`Lister::request_rewatch`] (once per
+    /// batch of requests made while nobody waited).
+    pub(super) async fn rewatch_requested(&self) {
+        self.rewatch.notified().await;
     }
 
     /// Stores `new`; an update if an object with its key was cached.
@@ -230,12 +240,14 @@ impl<K: Resource> Store<K> {
 /// (clone the inner value to build an update).
 pub struct Lister<K> {
     index: Shared<K>,
+    rewatch: Arc<Notify>,
 }
 
 impl<K> Clone for Lister<K> {
     fn clone(&self) -> Self {
         Self {
             index: Arc::clone(&self.index),
+            rewatch: Arc::clone(&self.rewatch),
         }
     }
 }
@@ -282,6 +294,16 @@ impl<K> Lister<K> {
     /// True when nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Tells the reflector that the cache is behind the API server (an API
+    /// call found gone an object the cache still holds): it ends its current
+    /// watch and watches again from its last resourceVersion, which delivers
+    /// what the old watch missed if that connection had silently died, or
+    /// lists again after a 410. Cheap; requests made while one is pending
+    /// count once.
+    pub fn request_rewatch(&self) {
+        self.rewatch.notify_one();
     }
 }
 

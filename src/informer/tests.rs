@@ -441,6 +441,29 @@ async fn idle_watch_is_abandoned_and_rewatched() {
     assert_eq!(t0.elapsed(), DEFAULT_IDLE_TIMEOUT);
 }
 
+/// A watch that went silent on a dead connection is dropped as soon as a
+/// reader finds the cache behind the API server, not after the idle
+/// timeout; the new watch starts from the last resourceVersion seen.
+#[tokio::test(start_paused = true)]
+async fn a_rewatch_request_ends_a_silent_watch_at_once() {
+    let mut h = start(None);
+    h.serve_list("1", vec![]).await;
+    let (_, feed) = h.open_watch().await;
+    feed.unbounded_send(Ok(WatchEvent::Added(cm("a", "4"))))
+        .unwrap();
+    assert_eq!(h.seen(1).await, ["add default/a@4"]);
+
+    let t0 = Instant::now();
+    h.lister.request_rewatch();
+    let (rv, _, _reply) = h.expect_watch().await;
+    assert_eq!(rv, "4");
+    assert_eq!(t0.elapsed(), Duration::ZERO);
+    assert!(
+        h.synced.is_fresh(),
+        "a rewatch does not make the cache stale"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_timeout_is_configurable() {
     let (calls_tx, mut calls) = mpsc::unbounded_channel();

@@ -676,3 +676,30 @@ async fn a_status_write_on_a_stale_network_is_retried() {
     assert_eq!(err.metric_label(), "Stale");
     assert!(events.reasons().is_empty());
 }
+
+/// A network deleted after the cache read it (or whose delete the cache
+/// missed): the status write finds it gone (404), and that ends the
+/// reconcile, with no error, retry or Event.
+#[tokio::test]
+async fn a_status_write_on_a_deleted_network_ends_the_reconcile() {
+    let net = network(2);
+    let world = settled(&net);
+    let (client, calls) = fake_api(|call| {
+        if call.path.ends_with("/status") {
+            return not_found();
+        }
+        default_answer(call)
+    });
+    let (ctx, events) = context(client, &net, &world);
+    let action = reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(action, Action::Done);
+    assert!(events.reasons().is_empty());
+    assert_eq!(
+        lines(&calls)
+            .iter()
+            .filter(|l| l.contains("/status"))
+            .count(),
+        1,
+        "one status write, not retried"
+    );
+}
