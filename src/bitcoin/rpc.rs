@@ -218,9 +218,12 @@ impl RpcClient {
         let http = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .timeout(request_timeout)
-            // Bitcoin Core drops idle connections after 30 s by default
-            // (-rpcservertimeout); let go of them before it does.
-            .pool_idle_timeout(Duration::from_secs(20))
+            // Keep a node's connection across the calls of one reconcile
+            // and the mesh poll (2 s), not across resyncs: an idle
+            // connection costs a socket on both ends and its buffers here,
+            // which at a thousand networks is thousands of them. (Bitcoin
+            // Core itself drops idle connections after 30 s.)
+            .pool_idle_timeout(Duration::from_secs(5))
             .no_proxy()
             .build()
             .expect("building the HTTP client");

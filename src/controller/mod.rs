@@ -203,7 +203,8 @@ impl Informers {
                 Some(resources::MANAGED_BY_SELECTOR),
                 resync,
                 metrics,
-            ),
+            )
+            .with_transform(status::cached_pod),
         }
     }
 

@@ -62,9 +62,12 @@ pub use store::{InvalidObjectKey, Lister, ObjectKey};
 
 use store::{Change, Store};
 
-/// Default for [`Informer::with_idle_timeout`]: longer than the server-side
-/// watch timeout the reflector asks for (5 to 5.5 minutes).
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(6 * 60);
+/// Default for [`Informer::with_idle_timeout`]. The API server's watch cache
+/// sends a bookmark on every watch about once a minute (k8s.io/apiserver's
+/// cacher, `bookmarkFrequency`), so a watch silent for two and a half
+/// minutes is on a connection that died without a word (no FIN or RST, as
+/// after a network outage): it is dropped and resumed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// Receives the changes of an informer's cache.
 ///
@@ -233,6 +236,7 @@ pub struct Informer<K> {
     synced: SyncedFlag,
     kind: String,
     metrics: Arc<dyn ReflectorMetrics>,
+    transform: fn(K) -> K,
 }
 
 impl<K> Informer<K>
@@ -251,7 +255,17 @@ where
             synced: SyncedFlag::new(),
             kind: K::kind(&()).into_owned(),
             metrics: Arc::new(NoopReflectorMetrics),
+            transform: std::convert::identity,
         }
+    }
+
+    /// Caches `transform(obj)` instead of each object as received (after
+    /// managedFields are dropped): the place to drop what the consumers
+    /// never read, as client-go's `SetTransform`. Handlers and listers see
+    /// the transformed objects only.
+    pub fn with_transform(mut self, transform: fn(K) -> K) -> Self {
+        self.transform = transform;
+        self
     }
 
     /// Reports the reflector's lists, watches, relists, failures and watch
@@ -264,8 +278,8 @@ where
     /// How long the reflector waits for any one API response (a list page,
     /// a watch call, the next watch event) before giving up on it; default
     /// [`DEFAULT_IDLE_TIMEOUT`]. A silent watch is resumed, a slow list or
-    /// watch call counts as a failure. Keep it above the 5.5 minute
-    /// server-side watch timeout.
+    /// watch call counts as a failure. Keep it well above the one-minute
+    /// bookmark period.
     pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self

@@ -193,16 +193,17 @@ fn secs(delay: Duration) -> String {
     format!("{:.1}s", delay.as_secs_f64())
 }
 
-/// Drops fields the controller never reads before caching.
-fn prepare<K: Resource>(mut obj: K) -> Arc<K> {
-    obj.meta_mut().managed_fields = None;
-    Arc::new(obj)
-}
-
 impl<K> Informer<K>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
+    /// What the cache keeps of `obj`: without managedFields, then through
+    /// the informer's transform.
+    fn prepare(&self, mut obj: K) -> Arc<K> {
+        obj.meta_mut().managed_fields = None;
+        Arc::new((self.transform)(obj))
+    }
+
     /// The reflector loop; never returns (the caller drops it to stop).
     pub(super) async fn reflect(&self) {
         let mut backoff = Backoff::new();
@@ -265,7 +266,7 @@ where
             let page = timeout(self.idle_timeout, self.source.list(&params))
                 .await
                 .map_err(|_| Failure::Timeout(self.idle_timeout))??;
-            objects.extend(page.items.into_iter().map(prepare));
+            objects.extend(page.items.into_iter().map(|obj| self.prepare(obj)));
             match page.metadata.continue_ {
                 Some(token) if !token.is_empty() => params = params.continue_token(&token),
                 _ => break page.metadata.resource_version.unwrap_or_default(),
@@ -349,7 +350,7 @@ where
                 Ok(WatchEvent::Added(obj)) | Ok(WatchEvent::Modified(obj)) => {
                     backoff.reset();
                     self.metrics.watch_event();
-                    let obj = prepare(obj);
+                    let obj = self.prepare(obj);
                     advance(rv, &*obj);
                     debug!(
                         "{} informer: {} changed at {rv}",
@@ -362,7 +363,7 @@ where
                 Ok(WatchEvent::Deleted(obj)) => {
                     backoff.reset();
                     self.metrics.watch_event();
-                    let obj = prepare(obj);
+                    let obj = self.prepare(obj);
                     advance(rv, &*obj);
                     debug!(
                         "{} informer: {} deleted at {rv}",
