@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
-use crate::bitcoin::{P2P_PORT, RPC_PORT};
+use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
 
 /// Label carrying the network name on every object and pod of a network.
 pub const NETWORK_LABEL: &str = "bitcoincontroller.christianb93.github.com/network";
@@ -166,14 +166,39 @@ pub fn spec_problem(net: &BitcoinNetwork) -> Option<String> {
              {name}-svc must be one"
         ));
     }
-    match net.spec.image.as_deref() {
-        Some(image) if !is_image_reference(image) => Some(format!(
+    if let Some(image) = net.spec.image.as_deref().filter(|i| !is_image_reference(i)) {
+        return Some(format!(
             "spec.image {image:?} is not an image reference such as {}: letters, digits and \
              . _ / : @ - only, starting with a letter or digit, no whitespace",
             crate::api::DEFAULT_IMAGE
-        )),
-        _ => None,
+        ));
     }
+    let config = net.spec.config.as_ref()?;
+    if let Some(fee) = config
+        .fallback_fee
+        .as_deref()
+        .filter(|f| !is_fallback_fee(f))
+    {
+        return Some(format!(
+            "spec.config.fallbackFee {fee:?} is not a decimal amount in BTC/kvB such as \
+             \"0.0002\" (at most 7 integer digits and 8 decimals)"
+        ));
+    }
+    config.extra.iter().enumerate().find_map(|(i, line)| {
+        extra_line_problem(line).map(|p| format!("spec.config.extra[{i}] {line:?}: {p}"))
+    })
+}
+
+/// The CRD's pattern of `spec.config.fallbackFee`
+/// ([`crate::api::FALLBACK_FEE_PATTERN`]).
+pub fn is_fallback_fee(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (s, None),
+    };
+    let digits =
+        |d: &str, max: usize| (1..=max).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit());
+    digits(int, 7) && frac.is_none_or(|f| digits(f, 8))
 }
 
 /// The CRD's rule for `spec.image` (empty means the default image).
@@ -689,5 +714,50 @@ mod tests {
         };
         assert_eq!(secret_value(&s, PASSWORD_KEY), Some("x"));
         assert_eq!(secret_value(&s, USER_KEY), None);
+    }
+
+    #[test]
+    fn fallback_fee_pattern() {
+        for ok in ["0", "0.0002", "1", "0.00000001", "1234567.12345678"] {
+            assert!(is_fallback_fee(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".1",
+            "1.",
+            "0.000000001",
+            "12345678",
+            "-1",
+            "1e-4",
+            "0,1",
+            " 0.1",
+            "0.1.2",
+        ] {
+            assert!(!is_fallback_fee(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_options_the_crd_refuses_are_invalid_specs() {
+        let mut n = net(1);
+        n.spec.config = Some(crate::api::NodeConfig {
+            txindex: Some(true),
+            fallback_fee: Some("0.0002".into()),
+            extra: vec!["peerbloomfilters=1".into()],
+            ..Default::default()
+        });
+        assert_eq!(spec_problem(&n), None);
+        n.spec.config.as_mut().unwrap().fallback_fee = Some("1e-4".into());
+        assert!(spec_problem(&n)
+            .unwrap()
+            .starts_with("spec.config.fallbackFee \"1e-4\""));
+        let config = n.spec.config.as_mut().unwrap();
+        config.fallback_fee = None;
+        config.extra.push("rpcbind=::".into());
+        assert_eq!(
+            spec_problem(&n).unwrap(),
+            "spec.config.extra[1] \"rpcbind=::\": rpcbind is set by the controller and cannot be \
+             changed"
+        );
     }
 }

@@ -490,4 +490,20 @@ mod tests {
         let t = Config::parse("testnet=1\n").unwrap();
         assert_eq!((t.chain(), t.rpc_port()), ("test", 18332));
     }
+
+    /// The node options bitcoin-controller can render from `spec.config`
+    /// and the memory limit: known ones are accepted, the others ignored
+    /// with a warning; none stops the node from starting.
+    #[test]
+    fn controller_node_options_are_accepted() {
+        let conf = format!(
+            "{}txindex=1\nfallbackfee=0.0002\nblockfilterindex=1\nnotxindex=0\n\
+             dbcache=211\nmaxmempool=147\npeerbloomfilters=1\n",
+            controller_conf("pw")
+        );
+        let c = Config::parse(&conf).unwrap();
+        assert_eq!(c.chain(), "regtest");
+        assert_eq!((c.rpc_port(), c.p2p_port()), (18443, 18444));
+        assert!(c.check_credentials("alice", "pw"));
+    }
 }
