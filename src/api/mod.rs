@@ -8,6 +8,7 @@ mod crd;
 
 pub use crd::crd;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -127,6 +128,14 @@ pub struct BitcoinNetworkSpec {
     /// bitcoin.conf. Changing them rolls the nodes' pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<NodeConfig>,
+    /// Compute resources of the bitcoind container (requests and limits of
+    /// cpu and memory). Absent: requests cpu 50m, memory 128Mi; limits cpu 1,
+    /// memory 512Mi. Given, it replaces those defaults whole. The memory
+    /// limit sizes bitcoind's caches (dbcache, maxmempool) so that the node
+    /// stays inside it; without a memory limit bitcoind keeps its own
+    /// defaults (450 MiB dbcache, 300 MB mempool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// Maximum number of `spec.config.extra` lines, and the maximum length of

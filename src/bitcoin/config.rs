@@ -93,15 +93,22 @@ pub fn render_bitcoin_conf(rpcauth_line: &str, options: &[String]) -> String {
     conf
 }
 
-/// The `[regtest]` lines of `spec.config`: the typed fields (`txindex`,
-/// `fallbackfee`, `blockfilterindex`, in that order, each only when set),
-/// then the `extra` lines as written.
-pub fn node_option_lines(config: Option<&NodeConfig>) -> Vec<String> {
+/// The `[regtest]` lines of a node's options: `dbcache` and `maxmempool`
+/// sized by [`cache_sizes`] when the container has a memory limit
+/// (`memory_limit`, in bytes), then the typed fields of `spec.config`
+/// (`txindex`, `fallbackfee`, `blockfilterindex`, in that order, each only
+/// when set), then its `extra` lines as written.
+pub fn node_option_lines(config: Option<&NodeConfig>, memory_limit: Option<u64>) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(limit) = memory_limit {
+        let sizes = cache_sizes(limit);
+        lines.push(format!("dbcache={}", sizes.dbcache_mib));
+        lines.push(format!("maxmempool={}", sizes.maxmempool_mb));
+    }
     let Some(config) = config else {
-        return Vec::new();
+        return lines;
     };
     let flag = |b: bool| if b { "1" } else { "0" };
-    let mut lines = Vec::new();
     if let Some(txindex) = config.txindex {
         lines.push(format!("txindex={}", flag(txindex)));
     }
@@ -113,6 +120,48 @@ pub fn node_option_lines(config: Option<&NodeConfig>) -> Vec<String> {
     }
     lines.extend(config.extra.iter().cloned());
     lines
+}
+
+/// Memory a node needs besides its coins cache and mempool: bitcoind's
+/// signature and script caches (32 MiB by default), the block index and
+/// LevelDB's own buffers, thread stacks and allocator slack. An estimate
+/// with headroom, not a measurement (no Bitcoin Core runs here).
+pub const MEMORY_RESERVE_MIB: u64 = 160;
+/// Bitcoin Core 29's defaults, never exceeded: `dbcache` 450 MiB,
+/// `maxmempool` 300 MB.
+pub const DEFAULT_DBCACHE_MIB: u64 = 450;
+pub const DEFAULT_MAXMEMPOOL_MB: u64 = 300;
+/// Core's smallest values: `dbcache` below 4 MiB is raised to 4, and
+/// `maxmempool` below 5 MB is refused (it must hold 40 packages of
+/// 101 kvB).
+pub const MIN_DBCACHE_MIB: u64 = 4;
+pub const MIN_MAXMEMPOOL_MB: u64 = 5;
+
+const MIB: u64 = 1024 * 1024;
+const MB: u64 = 1_000_000;
+
+/// The caches of a node with a memory limit, in bitcoind's units:
+/// `dbcache` in MiB, `maxmempool` in MB (10^6 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSizes {
+    pub dbcache_mib: u64,
+    pub maxmempool_mb: u64,
+}
+
+/// Sizes bitcoind's two big memory users from the container's memory limit
+/// (bytes), so the node stays inside it. The rule: take
+/// [`MEMORY_RESERVE_MIB`] off the limit; of the rest, 3/5 go to the coins
+/// cache (`dbcache`) and 2/5 to the mempool (`maxmempool`), each rounded
+/// down, capped at Core's defaults (450 MiB, 300 MB) and raised to Core's
+/// minimums (4 MiB, 5 MB). A 512Mi limit gives `dbcache=211`,
+/// `maxmempool=147`; from about 910 MiB on, Core's defaults. Below about
+/// 256Mi a node may not fit whatever the caches.
+pub fn cache_sizes(memory_limit: u64) -> CacheSizes {
+    let available = memory_limit.saturating_sub(MEMORY_RESERVE_MIB * MIB);
+    CacheSizes {
+        dbcache_mib: (available / 5 * 3 / MIB).clamp(MIN_DBCACHE_MIB, DEFAULT_DBCACHE_MIB),
+        maxmempool_mb: (available / 5 * 2 / MB).clamp(MIN_MAXMEMPOOL_MB, DEFAULT_MAXMEMPOOL_MB),
+    }
 }
 
 /// Keys the controller owns: it writes them itself (the lines of
@@ -150,6 +199,9 @@ pub const OWNED_KEYS: &[&str] = &[
     "listen",
     "addnode",
     "connect",
+    // Sized from the memory limit (spec.resources).
+    "dbcache",
+    "maxmempool",
     // Files and process.
     "includeconf",
     "blocksdir",
@@ -297,15 +349,15 @@ mod tests {
 
     #[test]
     fn node_options_follow_the_controllers_lines_under_regtest() {
-        assert!(node_option_lines(None).is_empty());
-        assert!(node_option_lines(Some(&NodeConfig::default())).is_empty());
+        assert!(node_option_lines(None, None).is_empty());
+        assert!(node_option_lines(Some(&NodeConfig::default()), None).is_empty());
         let config = NodeConfig {
             txindex: Some(true),
             fallback_fee: Some("0.0002".into()),
             blockfilterindex: Some(false),
             extra: vec!["peerbloomfilters=1".into(), "maxconnections=20".into()],
         };
-        let lines = node_option_lines(Some(&config));
+        let lines = node_option_lines(Some(&config), None);
         assert_eq!(
             lines,
             [
@@ -329,7 +381,16 @@ mod tests {
             txindex: Some(false),
             ..NodeConfig::default()
         };
-        assert_eq!(node_option_lines(Some(&off)), ["txindex=0"]);
+        assert_eq!(node_option_lines(Some(&off), None), ["txindex=0"]);
+        // With a memory limit the cache sizes come first.
+        assert_eq!(
+            node_option_lines(Some(&off), Some(512 * MIB)),
+            ["dbcache=211", "maxmempool=147", "txindex=0"]
+        );
+        assert_eq!(
+            node_option_lines(None, Some(512 * MIB)),
+            ["dbcache=211", "maxmempool=147"]
+        );
     }
 
     /// Every key the controller renders (and `conf`, `datadir` of the pod's
@@ -411,5 +472,54 @@ mod tests {
         }
         // A tab is whitespace, not a refused control character.
         assert_eq!(extra_line_problem("maxconnections=\t20"), None);
+    }
+
+    /// The dbcache/maxmempool rule, limit by limit: what is left after the
+    /// reserve, 3/5 coins cache (MiB) and 2/5 mempool (MB), within Core's
+    /// minimums and defaults; together with the reserve never above the
+    /// limit unless the minimums force it.
+    #[test]
+    fn cache_sizes_follow_the_memory_limit() {
+        let table: &[(u64, u64, u64)] = &[
+            // (limit in bytes, dbcache MiB, maxmempool MB)
+            (0, 4, 5),
+            (128 * MIB, 4, 5),
+            (160 * MIB, 4, 5),
+            (256 * MIB, 57, 40),
+            (512 * MIB, 211, 147),
+            (768 * MIB, 364, 255),
+            (910 * MIB, 450, 300),
+            (1024 * MIB, 450, 300),
+            (64 * 1024 * MIB, 450, 300),
+            (u64::MAX, 450, 300),
+        ];
+        for &(limit, dbcache_mib, maxmempool_mb) in table {
+            let sizes = cache_sizes(limit);
+            assert_eq!(
+                sizes,
+                CacheSizes {
+                    dbcache_mib,
+                    maxmempool_mb
+                },
+                "limit {} MiB",
+                limit / MIB
+            );
+            let used = MEMORY_RESERVE_MIB * MIB + dbcache_mib * MIB + maxmempool_mb * MB;
+            let at_minimum = dbcache_mib == MIN_DBCACHE_MIB || maxmempool_mb == MIN_MAXMEMPOOL_MB;
+            assert!(
+                used <= limit || at_minimum,
+                "limit {} MiB: {used} bytes planned",
+                limit / MIB
+            );
+        }
+        // Below the defaults, more memory never means smaller caches.
+        let mut last = cache_sizes(0);
+        for mib in (0..=1024).step_by(8) {
+            let next = cache_sizes(mib * MIB);
+            assert!(
+                next.dbcache_mib >= last.dbcache_mib && next.maxmempool_mb >= last.maxmempool_mb
+            );
+            last = next;
+        }
     }
 }

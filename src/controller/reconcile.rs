@@ -473,7 +473,7 @@ fn bitcoin_conf(net: &BitcoinNetwork, creds: &Credentials, live: Option<&Secret>
     });
     render_bitcoin_conf(
         &rpcauth(&creds.user, &creds.password, &salt),
-        &node_option_lines(net.spec.config.as_ref()),
+        &node_option_lines(net.spec.config.as_ref(), resources::memory_limit_bytes(net)),
     )
 }
 

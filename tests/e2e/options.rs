@@ -9,7 +9,10 @@ use bitcoin_controller::controller::resources::{
     content_hash, is_fallback_fee, secret_value, CONFIG_HASH_ANNOTATION, CONFIG_KEY, NETWORK_LABEL,
 };
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Pod, ResourceRequirements, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
 use kube_client::{Api, Client};
 use serde_json::{json, Value};
@@ -192,8 +195,9 @@ fn regtest_section(conf: &str) -> Vec<&str> {
         .collect()
 }
 
-/// A configuration with every typed field and two extra lines reaches the
-/// config Secret under `[regtest]`, and the nodes start with it; changing
+/// A configuration with every typed field and two extra lines, and a 1Gi
+/// memory limit, reach the config Secret under `[regtest]` (with the cache
+/// sizes of that limit) and the container, and the nodes start with them; changing
 /// `spec.config.txindex` changes the configuration and its hash on the pod
 /// template, and the pods roll to the new hash.
 #[tokio::test]
@@ -212,6 +216,13 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
                 fallback_fee: Some("0.0002".into()),
                 blockfilterindex: Some(true),
                 extra: vec!["peerbloomfilters=1".into(), "maxconnections=40".into()],
+            }),
+            resources: Some(ResourceRequirements {
+                limits: Some(BTreeMap::from([(
+                    "memory".to_owned(),
+                    Quantity("1Gi".to_owned()),
+                )])),
+                ..ResourceRequirements::default()
             }),
             ..Default::default()
         },
@@ -235,6 +246,9 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
     let conf = conf_of(&secrets.get("opts-config").await.unwrap());
     let section = regtest_section(&conf);
     for line in [
+        // Sized from the 1Gi memory limit: Core's defaults.
+        "dbcache=450",
+        "maxmempool=300",
         "txindex=1",
         "fallbackfee=0.0002",
         "blockfilterindex=1",
@@ -256,7 +270,28 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
             .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
             .unwrap_or_default()
     };
-    let before = template_hash(&statefulsets.get("opts-sts").await.unwrap());
+    let sts = statefulsets.get("opts-sts").await.unwrap();
+    let container = &sts
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        container
+            .resources
+            .as_ref()
+            .unwrap()
+            .limits
+            .as_ref()
+            .unwrap()["memory"],
+        Quantity("1Gi".to_owned()),
+        "spec.resources is the bitcoind container's"
+    );
+    let before = template_hash(&sts);
     assert_eq!(before, content_hash(conf.as_bytes()));
 
     networks
