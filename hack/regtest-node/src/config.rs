@@ -106,6 +106,7 @@ pub struct Config {
     rpc_password: Option<String>,
     rpc_auth: Vec<RpcAuth>,
     add_nodes: Vec<String>,
+    rpc_bind: Option<String>,
 }
 
 impl Config {
@@ -142,6 +143,7 @@ impl Config {
             rpc_password: args.get(&chain, "rpcpassword").filter(|p| !p.is_empty()),
             rpc_auth,
             add_nodes: args.get_all(&chain, "addnode"),
+            rpc_bind: args.get_all(&chain, "rpcbind").into_iter().next(),
             chain,
             rpc_port,
             p2p_port,
@@ -169,6 +171,20 @@ impl Config {
     /// `signet` or `regtest`.
     pub fn chain(&self) -> &str {
         &self.chain
+    }
+
+    /// The address of the first `rpcbind=` entry for the selected chain
+    /// (`IP`, `IP:port`, `[IPv6]` or `[IPv6]:port`); `None` without one or
+    /// for a host name. The `bitcoind` entry point of the node image binds
+    /// it, `::` being one dual-stack socket as in Core.
+    pub fn rpc_bind_ip(&self) -> Option<std::net::IpAddr> {
+        let bind = self.rpc_bind.as_deref()?;
+        if let Some(rest) = bind.strip_prefix('[') {
+            return rest.split_once(']')?.0.parse().ok();
+        }
+        bind.parse()
+            .ok()
+            .or_else(|| bind.rsplit_once(':')?.0.parse().ok())
     }
 
     /// `addnode=` entries that apply to the selected chain.
@@ -391,7 +407,7 @@ mod tests {
 
     const CONTROLLER_CONF: &str = "regtest=1\nserver=1\n\
         rpcauth=alice:0123456789abcdef0123456789abcdef$PLACEHOLDER\n\
-        [regtest]\nrpcbind=0.0.0.0\nrpcallowip=0.0.0.0/0\nrpcport=18443\nport=18444\n";
+        [regtest]\nrpcbind=::\nrpcallowip=0.0.0.0/0\nrpcallowip=::/0\nrpcport=18443\nport=18444\n";
 
     fn controller_conf(password: &str) -> String {
         let salt = "0123456789abcdef0123456789abcdef";
@@ -505,5 +521,26 @@ mod tests {
         assert_eq!(c.chain(), "regtest");
         assert_eq!((c.rpc_port(), c.p2p_port()), (18443, 18444));
         assert!(c.check_credentials("alice", "pw"));
+    }
+
+    #[test]
+    fn rpc_bind_address() {
+        let ip = |conf: &str| Config::parse(conf).unwrap().rpc_bind_ip();
+        let v6 = Some(std::net::Ipv6Addr::UNSPECIFIED.into());
+        let v4 = Some(std::net::Ipv4Addr::UNSPECIFIED.into());
+        assert_eq!(
+            ip("regtest=1\n[regtest]\nrpcbind=::\nrpcbind=0.0.0.0\n"),
+            v6
+        );
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=[::]:3000\n"), v6);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=0.0.0.0\n"), v4);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=0.0.0.0:3000\n"), v4);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=localhost\n"), None);
+        assert_eq!(
+            ip("regtest=1\nrpcbind=::\n"),
+            None,
+            "top level is mainnet's"
+        );
+        assert_eq!(ip("regtest=1\n"), None);
     }
 }
