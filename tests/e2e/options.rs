@@ -197,9 +197,11 @@ fn regtest_section(conf: &str) -> Vec<&str> {
 
 /// A configuration with every typed field and two extra lines, and a 1Gi
 /// memory limit, reach the config Secret under `[regtest]` (with the cache
-/// sizes of that limit) and the container, and the nodes start with them; changing
+/// sizes of that limit) and the container, and the nodes run with them
+/// (`getindexinfo`); changing
 /// `spec.config.txindex` changes the configuration and its hash on the pod
-/// template, and the pods roll to the new hash.
+/// template, the pods roll to the new hash, and the new nodes run without
+/// the transaction index.
 #[tokio::test]
 async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
     let admin = admin_client().await;
@@ -231,7 +233,7 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
         .create(&PostParams::default(), &net)
         .await
         .expect("create network");
-    let (_, took) = wait_for_status(
+    let (status, took) = wait_for_status(
         &admin,
         &ns.name,
         "opts",
@@ -240,6 +242,16 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
     )
     .await;
     report("options", "2 nodes ready with every typed option", took);
+    // The running nodes have the indexes on (getindexinfo lists the enabled
+    // ones, in Core and in regtest-node alike).
+    let nodes = Nodes::for_network(&admin, &ns.name, "opts").await;
+    for ip in ips(&status) {
+        let info = nodes.call(&ip, "getindexinfo", vec![]).await.unwrap();
+        assert!(
+            info.get("txindex").is_some() && info.get("basic block filter index").is_some(),
+            "{ip}: {info}"
+        );
+    }
 
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
     let conf_of = |s: &Secret| secret_value(s, CONFIG_KEY).unwrap_or_default().to_owned();
@@ -379,7 +391,7 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
     )
     .await;
     report("options", "pods rolled to the new configuration", took);
-    wait_for_status(
+    let (status, _) = wait_for_status(
         &admin,
         &ns.name,
         "opts",
@@ -387,5 +399,13 @@ async fn node_options_reach_bitcoin_conf_and_roll_the_pods() {
         all_ready(2),
     )
     .await;
+    for ip in ips(&status) {
+        let info = nodes.call(&ip, "getindexinfo", vec![]).await.unwrap();
+        assert!(info.get("txindex").is_none(), "{ip}: {info}");
+        assert!(
+            info.get("basic block filter index").is_some(),
+            "{ip}: {info}"
+        );
+    }
     ns.delete().await;
 }

@@ -26,6 +26,7 @@ const NETWORK_ONLY: &[&str] = &[
 const KNOWN: &[&str] = &[
     "addnode",
     "bind",
+    "blockfilterindex",
     "chain",
     "connect",
     "datadir",
@@ -107,6 +108,8 @@ pub struct Config {
     rpc_auth: Vec<RpcAuth>,
     add_nodes: Vec<String>,
     rpc_bind: Option<String>,
+    txindex: bool,
+    blockfilterindex: bool,
 }
 
 impl Config {
@@ -138,7 +141,21 @@ impl Config {
             .iter()
             .map(|s| RpcAuth::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
+        let flag = |key: &str| args.get(&chain, key).is_some_and(|v| interpret_bool(&v));
+        // Core knows one filter type, `basic`; 1 means all of them.
+        let blockfilterindex = match args.get(&chain, "blockfilterindex").as_deref() {
+            None => false,
+            Some("basic") => true,
+            Some(v) if v.trim().parse::<i64>().is_ok() || v.is_empty() => interpret_bool(v),
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "Unknown -blockfilterindex value {v}."
+                )))
+            }
+        };
         Ok(Config {
+            txindex: flag("txindex"),
+            blockfilterindex,
             rpc_user: args.get(&chain, "rpcuser"),
             rpc_password: args.get(&chain, "rpcpassword").filter(|p| !p.is_empty()),
             rpc_auth,
@@ -185,6 +202,19 @@ impl Config {
         bind.parse()
             .ok()
             .or_else(|| bind.rsplit_once(':')?.0.parse().ok())
+    }
+
+    /// Whether `txindex` is on. This node keeps no transaction index (its
+    /// blocks hold only a coinbase), but reports the index in
+    /// `getindexinfo` as Core does.
+    pub fn txindex(&self) -> bool {
+        self.txindex
+    }
+
+    /// Whether `blockfilterindex` is on (`1` or `basic`); reported by
+    /// `getindexinfo` like [`Config::txindex`].
+    pub fn blockfilterindex(&self) -> bool {
+        self.blockfilterindex
     }
 
     /// `addnode=` entries that apply to the selected chain.
@@ -521,6 +551,16 @@ mod tests {
         assert_eq!(c.chain(), "regtest");
         assert_eq!((c.rpc_port(), c.p2p_port()), (18443, 18444));
         assert!(c.check_credentials("alice", "pw"));
+        assert!(c.txindex() && c.blockfilterindex());
+        let off = format!("{}txindex=0\nblockfilterindex=0\n", controller_conf("pw"));
+        let c = Config::parse(&off).unwrap();
+        assert!(!c.txindex() && !c.blockfilterindex());
+        let c = Config::parse("regtest=1\nblockfilterindex=basic\n").unwrap();
+        assert!(c.blockfilterindex() && !c.txindex());
+        let err = Config::parse("regtest=1\nblockfilterindex=fancy\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("Unknown -blockfilterindex value fancy."));
     }
 
     #[test]
