@@ -337,6 +337,33 @@ mod tests {
         }
     }
 
+    /// The rules of `spec.config.extra` items are bounded (the API server
+    /// refuses a CRD whose rules may cost too much) and name every owned
+    /// and typed key; the end-to-end test checks what they do.
+    #[test]
+    fn extra_lines_are_bounded_and_checked_for_every_owned_key() {
+        let s = schema();
+        let extra = &s["properties"]["spec"]["properties"]["config"]["properties"]["extra"];
+        assert_eq!(extra["maxItems"], json!(MAX_EXTRA_LINES));
+        assert_eq!(extra["items"]["maxLength"], json!(MAX_EXTRA_LINE_LENGTH));
+        let rules = extra["items"]["x-kubernetes-validations"]
+            .as_array()
+            .unwrap();
+        let text = serde_json::to_string(rules).unwrap();
+        for key in OWNED_KEYS {
+            assert!(text.contains(&format!("'{key}'")), "{key} is not checked");
+        }
+        for (key, field) in TYPED_KEYS {
+            assert!(
+                text.contains(&format!("'{key}'")) && text.contains(field),
+                "{key}"
+            );
+        }
+        for rule in rules {
+            assert!(rule["message"].is_string() != rule["messageExpression"].is_string());
+        }
+    }
+
     /// Structural schemas need a type on every node and no $ref.
     #[test]
     fn schema_is_structural() {
