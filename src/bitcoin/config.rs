@@ -175,7 +175,8 @@ pub fn cache_sizes(memory_limit: u64) -> CacheSizes {
 /// break what it relies on: the RPC address, port and credentials it
 /// calls the node with, the cookie the readiness probe reads, the data
 /// directory (the only writable path of the pod), the mesh it manages
-/// with `addnode`, the chain, and bitcoind staying in the foreground
+/// with `addnode`, the chain, the cache sizes it derives from the memory
+/// limit (set that instead), and bitcoind staying in the foreground
 /// logging to the console. `spec.config.extra` may not set them (nor
 /// their negation `no<key>`); the CRD refuses them.
 pub const OWNED_KEYS: &[&str] = &[
