@@ -30,8 +30,10 @@ const KNOWN: &[&str] = &[
     "chain",
     "connect",
     "datadir",
+    "dbcache",
     "debug",
     "listen",
+    "maxmempool",
     "port",
     "printtoconsole",
     "regtest",
@@ -141,6 +143,14 @@ impl Config {
             .iter()
             .map(|s| RpcAuth::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
+        // No UTXO set or mempool here, so dbcache and maxmempool change
+        // nothing; but like Core, a mempool that cannot hold 40 packages of
+        // 101 kvB (below 5 MB) stops the node.
+        if let Some(mb) = args.get(&chain, "maxmempool") {
+            if mb.trim().parse::<i64>().unwrap_or(0) < 5 {
+                return Err(Error::Config("-maxmempool must be at least 5 MB".into()));
+            }
+        }
         let flag = |key: &str| args.get(&chain, key).is_some_and(|v| interpret_bool(&v));
         // Core knows one filter type, `basic`; 1 means all of them.
         let blockfilterindex = match args.get(&chain, "blockfilterindex").as_deref() {
@@ -557,6 +567,11 @@ mod tests {
         assert!(!c.txindex() && !c.blockfilterindex());
         let c = Config::parse("regtest=1\nblockfilterindex=basic\n").unwrap();
         assert!(c.blockfilterindex() && !c.txindex());
+        let err = Config::parse("regtest=1\n[regtest]\nmaxmempool=4\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("-maxmempool must be at least 5 MB"));
+        assert!(Config::parse("regtest=1\n[regtest]\nmaxmempool=5\ndbcache=4\n").is_ok());
         let err = Config::parse("regtest=1\nblockfilterindex=fancy\n").unwrap_err();
         assert!(err
             .to_string()
