@@ -3,8 +3,10 @@
 //! deserializes. `manifests/crd.yaml` is this output (CI checks for drift).
 
 use super::{
-    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, KIND, PLURAL, VERSION,
+    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, KIND, MAX_EXTRA_LINES,
+    MAX_EXTRA_LINE_LENGTH, PLURAL, VERSION,
 };
+use crate::bitcoin::{OWNED_KEYS, TYPED_KEYS};
 #[cfg(doc)]
 use crate::controller::resources::is_image_reference;
 use crate::controller::resources::MAX_NAME_LENGTH;
@@ -41,6 +43,62 @@ const NAME_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?
 /// CEL rule of `spec.image`: what [`is_image_reference`] accepts.
 const IMAGE_RULE: &str = "self == '' || self.matches('^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$')";
 
+/// CEL expression of the key of a `spec.config.extra` line (the item is
+/// `self`), as [`crate::bitcoin::extra_line_key`] computes it.
+const EXTRA_KEY: &str = "self.split('=')[0].trim()";
+
+/// CEL rules of one `spec.config.extra` line, each with its message (or a
+/// CEL expression making it, to name the key). They say what
+/// [`crate::bitcoin::extra_line_problem`] says, in the same words.
+fn extra_line_rules() -> Value {
+    let k = EXTRA_KEY;
+    let list = |keys: &[&str]| {
+        let quoted: Vec<String> = keys.iter().map(|k| format!("'{k}'")).collect();
+        format!("[{}]", quoted.join(", "))
+    };
+    let owned = list(OWNED_KEYS);
+    let is_option_line = "self.contains('=') && !self.trim().startsWith('-') && \
+                          !self.trim().startsWith('[')";
+    let mut rules = vec![
+        json!({
+            "rule": r"!self.matches('[\\x00-\\x08\\x0a-\\x1f\\x7f-\\x9f]')",
+            "message": "a line may not contain newlines or other control characters",
+        }),
+        json!({
+            "rule": "!self.trim().startsWith('-')",
+            "message": "options in bitcoin.conf are written without a leading '-'",
+        }),
+        json!({
+            "rule": "!self.trim().startsWith('[')",
+            "message": "section headers are not allowed: every line goes under [regtest]",
+        }),
+        json!({
+            "rule": "self.contains('=')",
+            "message": "a line must be key=value",
+        }),
+        json!({
+            "rule": format!("!({is_option_line}) || {k}.matches('^[a-z0-9]+$')"),
+            "messageExpression": format!(
+                "'key \\'' + {k} + '\\' is not an option name (lowercase letters and digits; \
+                 no section prefix such as main.)'"
+            ),
+        }),
+        json!({
+            "rule": format!(
+                "!({k} in {owned} || ({k}.startsWith('no') && {k}.substring(2) in {owned}))"
+            ),
+            "messageExpression": format!("{k} + ' is set by the controller and cannot be changed'"),
+        }),
+    ];
+    for (key, field) in TYPED_KEYS {
+        rules.push(json!({
+            "rule": format!("!({k} == '{key}' || {k} == 'no{key}')"),
+            "messageExpression": format!("{k} + ' has a typed field: use {field}'"),
+        }));
+    }
+    Value::Array(rules)
+}
+
 /// JSON path of the label selector the scale subresource reports.
 pub const SELECTOR_PATH: &str = ".status.selector";
 
@@ -54,6 +112,12 @@ pub fn crd() -> CustomResourceDefinition {
              . _ / : @ - only, starting with a letter or digit, no whitespace"
         ),
     }]);
+    let extra = &mut spec["properties"]["config"]["properties"]["extra"];
+    extra["maxItems"] = json!(MAX_EXTRA_LINES);
+    extra["items"]["maxLength"] = json!(MAX_EXTRA_LINE_LENGTH);
+    extra["items"]["description"] =
+        json!("One bitcoin.conf line, key=value, written as is under [regtest].");
+    extra["items"]["x-kubernetes-validations"] = extra_line_rules();
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "description": "A private Bitcoin regtest network managed by bitcoin-controller.",
@@ -270,6 +334,33 @@ mod tests {
         }
         for bad in [" bitcoin", "bitcoin ", "a\tb", "-x", "x y", "UPPER CASE"] {
             assert!(!is_image_reference(bad), "{bad:?}");
+        }
+    }
+
+    /// The rules of `spec.config.extra` items are bounded (the API server
+    /// refuses a CRD whose rules may cost too much) and name every owned
+    /// and typed key; the end-to-end test checks what they do.
+    #[test]
+    fn extra_lines_are_bounded_and_checked_for_every_owned_key() {
+        let s = schema();
+        let extra = &s["properties"]["spec"]["properties"]["config"]["properties"]["extra"];
+        assert_eq!(extra["maxItems"], json!(MAX_EXTRA_LINES));
+        assert_eq!(extra["items"]["maxLength"], json!(MAX_EXTRA_LINE_LENGTH));
+        let rules = extra["items"]["x-kubernetes-validations"]
+            .as_array()
+            .unwrap();
+        let text = serde_json::to_string(rules).unwrap();
+        for key in OWNED_KEYS {
+            assert!(text.contains(&format!("'{key}'")), "{key} is not checked");
+        }
+        for (key, field) in TYPED_KEYS {
+            assert!(
+                text.contains(&format!("'{key}'")) && text.contains(field),
+                "{key}"
+            );
+        }
+        for rule in rules {
+            assert!(rule["message"].is_string() != rule["messageExpression"].is_string());
         }
     }
 

@@ -8,6 +8,7 @@ mod crd;
 
 pub use crd::crd;
 
+use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,61 @@ pub struct BitcoinNetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 512))]
     pub image: Option<String>,
+    /// Options of the nodes' bitcoind, written under [regtest] in their
+    /// bitcoin.conf. Changing them rolls the nodes' pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<NodeConfig>,
+    /// Compute resources of the bitcoind container (requests and limits of
+    /// cpu and memory). Absent: requests cpu 50m, memory 128Mi; limits cpu 1,
+    /// memory 512Mi. Given, it replaces those defaults whole. The memory
+    /// limit sizes bitcoind's caches (dbcache, maxmempool) so that the node
+    /// stays inside it; without a memory limit bitcoind keeps its own
+    /// defaults (450 MiB dbcache, 300 MB mempool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Maximum number of `spec.config.extra` lines, and the maximum length of
+/// one (bounds that keep the CEL rules' cost within the API server's budget).
+pub const MAX_EXTRA_LINES: usize = 64;
+pub const MAX_EXTRA_LINE_LENGTH: usize = 256;
+
+/// Pattern of `spec.config.fallbackFee`: a decimal amount in BTC per 1000
+/// virtual bytes with at most 8 decimals (Bitcoin Core's precision) and at
+/// most 7 integer digits (so it stays below Core's 21 million BTC maximum).
+pub const FALLBACK_FEE_PATTERN: &str = r"^[0-9]{1,7}(\.[0-9]{1,8})?$";
+
+/// Options of a node's bitcoind (`spec.config`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeConfig {
+    /// Maintain a full transaction index (bitcoind -txindex), so that
+    /// getrawtransaction finds any transaction. Absent: bitcoind's default
+    /// (off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub txindex: Option<bool>,
+    /// Fee rate in BTC/kvB that the wallet uses when it has no fee estimate
+    /// (bitcoind -fallbackfee), as a decimal string such as "0.0002"; "0"
+    /// disables the fallback. Regtest has no fee estimates, so wallets need
+    /// it to send. Absent: bitcoind's default (0, disabled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = FALLBACK_FEE_PATTERN), length(max = 16))]
+    pub fallback_fee: Option<String>,
+    /// Maintain the compact block filter index (bitcoind -blockfilterindex,
+    /// BIP 157/158 basic filters), e.g. for light clients or
+    /// getblockfilter. Absent: bitcoind's default (off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blockfilterindex: Option<bool>,
+    /// Further bitcoin.conf lines (key=value), written under [regtest]
+    /// after the controller's own, e.g. "peerbloomfilters=1". Refused at
+    /// admission: keys the controller sets or that would break the pod or
+    /// its RPC access (rpcauth, rpcbind, port, datadir, addnode, ...; the
+    /// message names the key), keys with a typed field here (txindex,
+    /// fallbackfee, blockfilterindex), and lines that are not one
+    /// key=value line (no '=', a leading '-', a [section] header, a
+    /// section prefix such as main.key, control characters).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<String>,
 }
 
 /// Observed state of a network, written by the controller.

@@ -5,8 +5,9 @@ mod config;
 mod rpc;
 
 pub use config::{
-    derived_salt, is_valid_rpc_user, random_password, render_bitcoin_conf, rpcauth, P2P_PORT,
-    RPC_PORT,
+    cache_sizes, derived_salt, extra_line_key, extra_line_problem, is_valid_rpc_user,
+    node_option_lines, random_password, render_bitcoin_conf, rpcauth, CacheSizes, OWNED_KEYS,
+    P2P_PORT, RPC_PORT, TYPED_KEYS,
 };
 pub use rpc::{
     AddedNodeAddress, AddedNodeInfo, BlockchainInfo, NetworkInfo, RpcClient, RpcConfig, RpcError,

@@ -33,7 +33,8 @@ use serde_json::json;
 
 use crate::api::{BitcoinNetwork, CONDITION_DEGRADED};
 use crate::bitcoin::{
-    derived_salt, is_valid_rpc_user, random_password, render_bitcoin_conf, rpcauth,
+    derived_salt, is_valid_rpc_user, node_option_lines, random_password, render_bitcoin_conf,
+    rpcauth,
 };
 use crate::controller::connectivity::{self, Endpoint};
 use crate::controller::problem::{
@@ -477,7 +478,10 @@ fn bitcoin_conf(net: &BitcoinNetwork, creds: &Credentials, live: Option<&Secret>
             &creds.password,
         )
     });
-    render_bitcoin_conf(&rpcauth(&creds.user, &creds.password, &salt))
+    render_bitcoin_conf(
+        &rpcauth(&creds.user, &creds.password, &salt),
+        &node_option_lines(net.spec.config.as_ref(), resources::memory_limit_bytes(net)),
+    )
 }
 
 /// The salt of an `rpcauth` value (`user:<salt hex>$<hmac hex>`).

@@ -20,7 +20,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
-use crate::bitcoin::{P2P_PORT, RPC_PORT};
+use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
 
 /// Label carrying the network name on every object and pod of a network.
 pub const NETWORK_LABEL: &str = "bitcoincontroller.christianb93.github.com/network";
@@ -166,14 +166,39 @@ pub fn spec_problem(net: &BitcoinNetwork) -> Option<String> {
              {name}-svc must be one"
         ));
     }
-    match net.spec.image.as_deref() {
-        Some(image) if !is_image_reference(image) => Some(format!(
+    if let Some(image) = net.spec.image.as_deref().filter(|i| !is_image_reference(i)) {
+        return Some(format!(
             "spec.image {image:?} is not an image reference such as {}: letters, digits and \
              . _ / : @ - only, starting with a letter or digit, no whitespace",
             crate::api::DEFAULT_IMAGE
-        )),
-        _ => None,
+        ));
     }
+    let config = net.spec.config.as_ref()?;
+    if let Some(fee) = config
+        .fallback_fee
+        .as_deref()
+        .filter(|f| !is_fallback_fee(f))
+    {
+        return Some(format!(
+            "spec.config.fallbackFee {fee:?} is not a decimal amount in BTC/kvB such as \
+             \"0.0002\" (at most 7 integer digits and 8 decimals)"
+        ));
+    }
+    config.extra.iter().enumerate().find_map(|(i, line)| {
+        extra_line_problem(line).map(|p| format!("spec.config.extra[{i}] {line:?}: {p}"))
+    })
+}
+
+/// The CRD's pattern of `spec.config.fallbackFee`
+/// ([`crate::api::FALLBACK_FEE_PATTERN`]).
+pub fn is_fallback_fee(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((int, frac)) => (int, Some(frac)),
+        None => (s, None),
+    };
+    let digits =
+        |d: &str, max: usize| (1..=max).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit());
+    digits(int, 7) && frac.is_none_or(|f| digits(f, 8))
 }
 
 /// The CRD's rule for `spec.image` (empty means the default image).
@@ -325,6 +350,72 @@ pub fn secret_value<'a>(secret: &'a Secret, key: &str) -> Option<&'a str> {
         .map(String::as_str)
 }
 
+/// Resources of the bitcoind container: `spec.resources`, or the defaults
+/// (requests cpu 50m, memory 128Mi; limits cpu 1, memory 512Mi).
+pub fn container_resources(net: &BitcoinNetwork) -> ResourceRequirements {
+    if let Some(resources) = &net.spec.resources {
+        return resources.clone();
+    }
+    let quantities = |cpu: &str, memory: &str| {
+        BTreeMap::from([
+            ("cpu".to_owned(), Quantity(cpu.to_owned())),
+            ("memory".to_owned(), Quantity(memory.to_owned())),
+        ])
+    };
+    ResourceRequirements {
+        requests: Some(quantities("50m", "128Mi")),
+        limits: Some(quantities("1", "512Mi")),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The memory limit of the bitcoind container in bytes (what sizes its
+/// caches, see [`crate::bitcoin::cache_sizes`]); `None` without one, or
+/// when it is not a quantity (then the API server refuses the StatefulSet
+/// anyway).
+pub fn memory_limit_bytes(net: &BitcoinNetwork) -> Option<u64> {
+    let limits = container_resources(net).limits?;
+    quantity_bytes(&limits.get("memory")?.0)
+}
+
+/// A Kubernetes quantity (`512Mi`, `1G`, `1.5Gi`, `1e9`, `128974848000m`)
+/// as a whole number, rounded down; `None` for a negative or malformed one.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let number = number.strip_prefix('+').unwrap_or(number);
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let value: f64 = number.parse().ok()?;
+    let binary = |power: i32| Some(1024f64.powi(power));
+    let factor = match suffix {
+        "" => Some(1.0),
+        "m" => Some(1e-3),
+        "k" => Some(1e3),
+        "M" => Some(1e6),
+        "G" => Some(1e9),
+        "T" => Some(1e12),
+        "P" => Some(1e15),
+        "E" => Some(1e18),
+        "Ki" => binary(1),
+        "Mi" => binary(2),
+        "Gi" => binary(3),
+        "Ti" => binary(4),
+        "Pi" => binary(5),
+        "Ei" => binary(6),
+        exp => {
+            let exp = exp.strip_prefix(['e', 'E'])?;
+            Some(10f64.powi(exp.parse::<i32>().ok()?))
+        }
+    }?;
+    // `as` saturates: an absurdly large limit is u64::MAX bytes.
+    Some((value * factor).floor() as u64)
+}
+
 /// The StatefulSet running the nodes. `config_hash` is the hash of the rendered
 /// bitcoin.conf; it lands on the pod template so a change rolls the pods.
 pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
@@ -335,12 +426,6 @@ pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
         container_port: i32::from(number),
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
-    };
-    let quantities = |cpu: &str, memory: &str| {
-        BTreeMap::from([
-            ("cpu".to_owned(), Quantity(cpu.to_owned())),
-            ("memory".to_owned(), Quantity(memory.to_owned())),
-        ])
     };
     let container = Container {
         name: CONTAINER.to_owned(),
@@ -365,11 +450,7 @@ pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
             failure_threshold: Some(3),
             ..Probe::default()
         }),
-        resources: Some(ResourceRequirements {
-            requests: Some(quantities("50m", "128Mi")),
-            limits: Some(quantities("1", "512Mi")),
-            ..ResourceRequirements::default()
-        }),
+        resources: Some(container_resources(net)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -689,5 +770,107 @@ mod tests {
         };
         assert_eq!(secret_value(&s, PASSWORD_KEY), Some("x"));
         assert_eq!(secret_value(&s, USER_KEY), None);
+    }
+
+    #[test]
+    fn fallback_fee_pattern() {
+        for ok in ["0", "0.0002", "1", "0.00000001", "1234567.12345678"] {
+            assert!(is_fallback_fee(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ".1",
+            "1.",
+            "0.000000001",
+            "12345678",
+            "-1",
+            "1e-4",
+            "0,1",
+            " 0.1",
+            "0.1.2",
+        ] {
+            assert!(!is_fallback_fee(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn node_options_the_crd_refuses_are_invalid_specs() {
+        let mut n = net(1);
+        n.spec.config = Some(crate::api::NodeConfig {
+            txindex: Some(true),
+            fallback_fee: Some("0.0002".into()),
+            extra: vec!["peerbloomfilters=1".into()],
+            ..Default::default()
+        });
+        assert_eq!(spec_problem(&n), None);
+        n.spec.config.as_mut().unwrap().fallback_fee = Some("1e-4".into());
+        assert!(spec_problem(&n)
+            .unwrap()
+            .starts_with("spec.config.fallbackFee \"1e-4\""));
+        let config = n.spec.config.as_mut().unwrap();
+        config.fallback_fee = None;
+        config.extra.push("rpcbind=::".into());
+        assert_eq!(
+            spec_problem(&n).unwrap(),
+            "spec.config.extra[1] \"rpcbind=::\": rpcbind is set by the controller and cannot be \
+             changed"
+        );
+    }
+
+    #[test]
+    fn quantities_in_bytes() {
+        let table: &[(&str, Option<u64>)] = &[
+            ("512Mi", Some(512 << 20)),
+            ("1Gi", Some(1 << 30)),
+            ("1.5Gi", Some(1536 << 20)),
+            ("1G", Some(1_000_000_000)),
+            ("500M", Some(500_000_000)),
+            ("128974848", Some(128_974_848)),
+            ("128974848000m", Some(128_974_848)),
+            ("129e6", Some(129_000_000)),
+            ("1E3", Some(1000)),
+            ("+2Ki", Some(2048)),
+            ("-1Gi", None),
+            ("", None),
+            ("Gi", None),
+            ("1.2.3Mi", None),
+            ("12MB", None),
+            ("1e", None),
+        ];
+        for &(q, want) in table {
+            assert_eq!(quantity_bytes(q), want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn resources_default_or_from_the_spec() {
+        let mut n = net(1);
+        let limit = |n: &BitcoinNetwork| {
+            let sts = statefulset(n, "h");
+            let pod = sts.spec.unwrap().template.spec.unwrap();
+            pod.containers[0].resources.clone().unwrap()
+        };
+        // Absent: the defaults of earlier versions, and a 512Mi limit.
+        let defaults = limit(&n);
+        assert_eq!(defaults.limits.as_ref().unwrap()["memory"].0, "512Mi");
+        assert_eq!(defaults.requests.as_ref().unwrap()["cpu"].0, "50m");
+        assert_eq!(memory_limit_bytes(&n), Some(512 << 20));
+        // Given: used whole.
+        let mine = ResourceRequirements {
+            limits: Some(BTreeMap::from([(
+                "memory".to_owned(),
+                Quantity("2Gi".to_owned()),
+            )])),
+            ..ResourceRequirements::default()
+        };
+        n.spec.resources = Some(mine.clone());
+        assert_eq!(limit(&n), mine);
+        assert_eq!(memory_limit_bytes(&n), Some(2 << 30));
+        // Without a memory limit bitcoind keeps its own cache sizes.
+        n.spec.resources = Some(ResourceRequirements {
+            requests: mine.limits.clone(),
+            ..ResourceRequirements::default()
+        });
+        assert_eq!(memory_limit_bytes(&n), None);
     }
 }

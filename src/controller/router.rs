@@ -183,6 +183,7 @@ mod tests {
                 nodes: 3,
                 secret: secret.map(Into::into),
                 image: None,
+                ..Default::default()
             },
         );
         n.metadata.namespace = Some("ns".into());

@@ -328,6 +328,7 @@ mod tests {
                 nodes: 1,
                 secret: secret.map(Into::into),
                 image: None,
+                ..Default::default()
             },
         );
         n.metadata.namespace = Some("ns".into());

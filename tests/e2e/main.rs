@@ -11,6 +11,7 @@
 mod harness;
 mod node;
 mod ops;
+mod options;
 mod secrets;
 
 use std::time::Duration;

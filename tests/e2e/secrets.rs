@@ -49,6 +49,7 @@ async fn create_network_with_secret(
             nodes,
             secret: Some(secret.into()),
             image: lane_image(),
+            ..Default::default()
         },
     );
     api.create(&PostParams::default(), &net)

@@ -26,11 +26,14 @@ const NETWORK_ONLY: &[&str] = &[
 const KNOWN: &[&str] = &[
     "addnode",
     "bind",
+    "blockfilterindex",
     "chain",
     "connect",
     "datadir",
+    "dbcache",
     "debug",
     "listen",
+    "maxmempool",
     "port",
     "printtoconsole",
     "regtest",
@@ -106,6 +109,9 @@ pub struct Config {
     rpc_password: Option<String>,
     rpc_auth: Vec<RpcAuth>,
     add_nodes: Vec<String>,
+    rpc_bind: Option<String>,
+    txindex: bool,
+    blockfilterindex: bool,
 }
 
 impl Config {
@@ -137,11 +143,34 @@ impl Config {
             .iter()
             .map(|s| RpcAuth::parse(s))
             .collect::<Result<Vec<_>, _>>()?;
+        // No UTXO set or mempool here, so dbcache and maxmempool change
+        // nothing; but like Core, a mempool that cannot hold 40 packages of
+        // 101 kvB (below 5 MB) stops the node.
+        if let Some(mb) = args.get(&chain, "maxmempool") {
+            if mb.trim().parse::<i64>().unwrap_or(0) < 5 {
+                return Err(Error::Config("-maxmempool must be at least 5 MB".into()));
+            }
+        }
+        let flag = |key: &str| args.get(&chain, key).is_some_and(|v| interpret_bool(&v));
+        // Core knows one filter type, `basic`; 1 means all of them.
+        let blockfilterindex = match args.get(&chain, "blockfilterindex").as_deref() {
+            None => false,
+            Some("basic") => true,
+            Some(v) if v.trim().parse::<i64>().is_ok() || v.is_empty() => interpret_bool(v),
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "Unknown -blockfilterindex value {v}."
+                )))
+            }
+        };
         Ok(Config {
+            txindex: flag("txindex"),
+            blockfilterindex,
             rpc_user: args.get(&chain, "rpcuser"),
             rpc_password: args.get(&chain, "rpcpassword").filter(|p| !p.is_empty()),
             rpc_auth,
             add_nodes: args.get_all(&chain, "addnode"),
+            rpc_bind: args.get_all(&chain, "rpcbind").into_iter().next(),
             chain,
             rpc_port,
             p2p_port,
@@ -169,6 +198,33 @@ impl Config {
     /// `signet` or `regtest`.
     pub fn chain(&self) -> &str {
         &self.chain
+    }
+
+    /// The address of the first `rpcbind=` entry for the selected chain
+    /// (`IP`, `IP:port`, `[IPv6]` or `[IPv6]:port`); `None` without one or
+    /// for a host name. The `bitcoind` entry point of the node image binds
+    /// it, `::` being one dual-stack socket as in Core.
+    pub fn rpc_bind_ip(&self) -> Option<std::net::IpAddr> {
+        let bind = self.rpc_bind.as_deref()?;
+        if let Some(rest) = bind.strip_prefix('[') {
+            return rest.split_once(']')?.0.parse().ok();
+        }
+        bind.parse()
+            .ok()
+            .or_else(|| bind.rsplit_once(':')?.0.parse().ok())
+    }
+
+    /// Whether `txindex` is on. This node keeps no transaction index (its
+    /// blocks hold only a coinbase), but reports the index in
+    /// `getindexinfo` as Core does.
+    pub fn txindex(&self) -> bool {
+        self.txindex
+    }
+
+    /// Whether `blockfilterindex` is on (`1` or `basic`); reported by
+    /// `getindexinfo` like [`Config::txindex`].
+    pub fn blockfilterindex(&self) -> bool {
+        self.blockfilterindex
     }
 
     /// `addnode=` entries that apply to the selected chain.
@@ -391,7 +447,7 @@ mod tests {
 
     const CONTROLLER_CONF: &str = "regtest=1\nserver=1\n\
         rpcauth=alice:0123456789abcdef0123456789abcdef$PLACEHOLDER\n\
-        [regtest]\nrpcbind=0.0.0.0\nrpcallowip=0.0.0.0/0\nrpcport=18443\nport=18444\n";
+        [regtest]\nrpcbind=::\nrpcallowip=0.0.0.0/0\nrpcallowip=::/0\nrpcport=18443\nport=18444\n";
 
     fn controller_conf(password: &str) -> String {
         let salt = "0123456789abcdef0123456789abcdef";
@@ -489,5 +545,57 @@ mod tests {
         assert_eq!(Config::parse("noregtest=1\n").unwrap().chain(), "main");
         let t = Config::parse("testnet=1\n").unwrap();
         assert_eq!((t.chain(), t.rpc_port()), ("test", 18332));
+    }
+
+    /// The node options bitcoin-controller can render from `spec.config`
+    /// and the memory limit: known ones are accepted, the others ignored
+    /// with a warning; none stops the node from starting.
+    #[test]
+    fn controller_node_options_are_accepted() {
+        let conf = format!(
+            "{}txindex=1\nfallbackfee=0.0002\nblockfilterindex=1\nnotxindex=0\n\
+             dbcache=211\nmaxmempool=147\npeerbloomfilters=1\n",
+            controller_conf("pw")
+        );
+        let c = Config::parse(&conf).unwrap();
+        assert_eq!(c.chain(), "regtest");
+        assert_eq!((c.rpc_port(), c.p2p_port()), (18443, 18444));
+        assert!(c.check_credentials("alice", "pw"));
+        assert!(c.txindex() && c.blockfilterindex());
+        let off = format!("{}txindex=0\nblockfilterindex=0\n", controller_conf("pw"));
+        let c = Config::parse(&off).unwrap();
+        assert!(!c.txindex() && !c.blockfilterindex());
+        let c = Config::parse("regtest=1\nblockfilterindex=basic\n").unwrap();
+        assert!(c.blockfilterindex() && !c.txindex());
+        let err = Config::parse("regtest=1\n[regtest]\nmaxmempool=4\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("-maxmempool must be at least 5 MB"));
+        assert!(Config::parse("regtest=1\n[regtest]\nmaxmempool=5\ndbcache=4\n").is_ok());
+        let err = Config::parse("regtest=1\nblockfilterindex=fancy\n").unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("Unknown -blockfilterindex value fancy."));
+    }
+
+    #[test]
+    fn rpc_bind_address() {
+        let ip = |conf: &str| Config::parse(conf).unwrap().rpc_bind_ip();
+        let v6 = Some(std::net::Ipv6Addr::UNSPECIFIED.into());
+        let v4 = Some(std::net::Ipv4Addr::UNSPECIFIED.into());
+        assert_eq!(
+            ip("regtest=1\n[regtest]\nrpcbind=::\nrpcbind=0.0.0.0\n"),
+            v6
+        );
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=[::]:3000\n"), v6);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=0.0.0.0\n"), v4);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=0.0.0.0:3000\n"), v4);
+        assert_eq!(ip("regtest=1\n[regtest]\nrpcbind=localhost\n"), None);
+        assert_eq!(
+            ip("regtest=1\nrpcbind=::\n"),
+            None,
+            "top level is mainnet's"
+        );
+        assert_eq!(ip("regtest=1\n"), None);
     }
 }

@@ -14,7 +14,7 @@ pub use config::{Config, ConfigError, RpcAuth};
 use chain::Chain;
 use net::Net;
 use rand::RngCore;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -104,7 +104,9 @@ pub struct Node {
 }
 
 impl Node {
-    /// Bind RPC and P2P on `bind_ip` and start serving.
+    /// Bind RPC and P2P on `bind_ip` and start serving. `::` is one
+    /// dual-stack socket per port, as Bitcoin Core binds `rpcbind=::`
+    /// (see [`listen`]).
     pub async fn start(opts: NodeOptions) -> std::io::Result<Node> {
         if opts.config.chain() != "regtest" {
             return Err(std::io::Error::new(
@@ -115,8 +117,8 @@ impl Node {
                 ),
             ));
         }
-        let rpc = TcpListener::bind((opts.bind_ip, opts.config.rpc_port())).await?;
-        let p2p = TcpListener::bind((opts.bind_ip, opts.config.p2p_port())).await?;
+        let rpc = listen(opts.bind_ip, opts.config.rpc_port(), dual_stack).await?;
+        let p2p = listen(opts.bind_ip, opts.config.p2p_port(), dual_stack).await?;
         let mut secret = [0u8; 32];
         rand::rng().fill_bytes(&mut secret);
         let cookie = format!("__cookie__:{}", hex::encode(secret));
@@ -191,6 +193,43 @@ impl Drop for Node {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
     }
+}
+
+/// A listener on `ip:port`. For `::` a dual-stack socket (IPV6_V6ONLY off,
+/// so IPv4 clients arrive as IPv4-mapped addresses), made by `dual`; if the
+/// machine has no IPv6 (the socket family is not supported, or `::` is not
+/// an address here) it listens on 0.0.0.0 instead and logs a warning.
+async fn listen(
+    ip: IpAddr,
+    port: u16,
+    dual: impl FnOnce(u16) -> std::io::Result<std::net::TcpListener>,
+) -> std::io::Result<TcpListener> {
+    if ip != IpAddr::V6(Ipv6Addr::UNSPECIFIED) {
+        return TcpListener::bind((ip, port)).await;
+    }
+    match dual(port) {
+        Ok(listener) => TcpListener::from_std(listener),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
+                || e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+        {
+            log::warn!("no IPv6 here ({e}): listening on 0.0.0.0:{port} instead of [::]:{port}");
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A non-blocking dual-stack listener on `[::]:port`.
+fn dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 fn write_cookie(datadir: &std::path::Path, cookie: &str) -> std::io::Result<PathBuf> {
@@ -282,5 +321,75 @@ mod test_util {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         cond()
+    }
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use super::test_util::start_node;
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// `getblockcount` over HTTP to `addr` with the node's cookie.
+    fn http_call(addr: SocketAddr, cookie: &str) -> String {
+        use base64::Engine;
+        let body = r#"{"jsonrpc":"1.0","id":1,"method":"getblockcount","params":[]}"#;
+        let auth = base64::engine::general_purpose::STANDARD.encode(cookie);
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    }
+
+    /// On `::` one socket serves both families, as Core's `rpcbind=::`.
+    /// (This machine has IPv6 loopback; without it the node would fall
+    /// back to 0.0.0.0 and the `::1` call here would fail.)
+    #[tokio::test(flavor = "multi_thread")]
+    async fn rpc_on_the_unspecified_ipv6_address_serves_both_families() {
+        let (node, _dir) = start_node("::", "u", "p").await;
+        let port = node.rpc_addr().port();
+        assert_eq!(node.rpc_addr().ip(), IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+        let cookie = node.cookie().to_owned();
+        for ip in [
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ] {
+            let cookie = cookie.clone();
+            let answer =
+                tokio::task::spawn_blocking(move || http_call(SocketAddr::new(ip, port), &cookie))
+                    .await
+                    .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 200"), "via {ip}: {answer}");
+            assert!(answer.contains(r#""result":0"#), "via {ip}: {answer}");
+        }
+        node.stop().await;
+    }
+
+    /// Without IPv6 (the dual-stack socket cannot be made) the listener
+    /// falls back to 0.0.0.0; other errors are not hidden.
+    #[tokio::test]
+    async fn without_ipv6_the_listener_falls_back_to_ipv4() {
+        let unspecified = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let no_family = |_| Err(std::io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+        let listener = listen(unspecified, 0, no_family).await.unwrap();
+        assert_eq!(listener.local_addr().unwrap().ip(), Ipv4Addr::UNSPECIFIED);
+        let no_address = |_| Err(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable));
+        let listener = listen(unspecified, 0, no_address).await.unwrap();
+        assert!(listener.local_addr().unwrap().is_ipv4());
+        let in_use = |_| Err(std::io::Error::from(std::io::ErrorKind::AddrInUse));
+        let err = listen(unspecified, 0, in_use).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+        // Any other address is bound as given.
+        let listener = listen(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, |_| unreachable!())
+            .await
+            .unwrap();
+        assert_eq!(listener.local_addr().unwrap().ip(), Ipv4Addr::LOCALHOST);
     }
 }

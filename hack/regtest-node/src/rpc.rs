@@ -94,11 +94,31 @@ const METHODS: &[(&str, &[Arg], &str)] = &[
     ("getblockcount", &[], "Height of the active chain."),
     ("getblockhash", &[req("height", Ty::Num)], "Hash of the active-chain block at a height."),
     ("getconnectioncount", &[], "Number of peer connections."),
+    ("getindexinfo", &[opt("index_name", Ty::Str)], "State of the optional indexes (txindex, blockfilterindex)."),
     ("getnetworkinfo", &[], "State of the P2P network."),
     ("getpeerinfo", &[], "One object per connected peer."),
     ("stop", &[opt("wait", Ty::Num)], "Stop the node."),
     ("uptime", &[], "Seconds since the node started."),
 ];
+
+/// `getindexinfo`: Core's names of the enabled indexes, each synced to the
+/// tip (this node has no index to build), optionally only `name`.
+fn index_info(shared: &Shared, name: Option<&str>) -> Value {
+    let height = shared.chain.lock().unwrap().height();
+    let enabled = [
+        ("txindex", shared.config.txindex()),
+        ("basic block filter index", shared.config.blockfilterindex()),
+    ];
+    let info: Map<String, Value> = enabled
+        .into_iter()
+        .filter(|(index, on)| *on && name.is_none_or(|n| n == *index))
+        .map(|(index, _)| {
+            let state = json!({"synced": true, "best_block_height": height});
+            (index.to_owned(), state)
+        })
+        .collect();
+    Value::Object(info)
+}
 
 fn usage(method: &str, args: &[Arg], help: &str) -> String {
     let names: Vec<String> = args
@@ -209,6 +229,7 @@ pub(crate) fn execute(shared: &Arc<Shared>, method: &str, params: &Value) -> Res
         }
         "getblockchaininfo" => Ok(blockchain_info(shared)),
         "getnetworkinfo" => Ok(network_info(shared)),
+        "getindexinfo" => Ok(index_info(shared, opt_str(p.first()))),
         "getpeerinfo" => Ok(net::peer_info(shared)),
         "getconnectioncount" => Ok(json!(shared.net.lock().unwrap().peers.len())),
         "getaddednodeinfo" => net::added_node_info(shared, opt_str(p.first()))
@@ -782,5 +803,40 @@ mod tests {
             "Bitcoin Core stopping"
         );
         assert!(s.shutdown.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn getindexinfo_lists_the_enabled_indexes() {
+        let shared = |conf: &str| {
+            let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+            Arc::new(Shared::new(
+                crate::Config::parse(conf).unwrap(),
+                addr.ip(),
+                addr,
+                addr,
+                "__cookie__:00".into(),
+            ))
+        };
+        let none = shared("regtest=1\n");
+        assert_eq!(
+            execute(&none, "getindexinfo", &json!([])).unwrap(),
+            json!({})
+        );
+        let both = shared("regtest=1\n[regtest]\ntxindex=1\nblockfilterindex=1\n");
+        execute(&both, "generatetoaddress", &json!([2, REGTEST_ADDR])).unwrap();
+        let synced = json!({"synced": true, "best_block_height": 2});
+        assert_eq!(
+            execute(&both, "getindexinfo", &json!([])).unwrap(),
+            json!({"txindex": synced, "basic block filter index": synced})
+        );
+        assert_eq!(
+            execute(&both, "getindexinfo", &json!(["txindex"])).unwrap(),
+            json!({"txindex": synced})
+        );
+        let off = shared("regtest=1\n[regtest]\ntxindex=0\n");
+        assert_eq!(
+            execute(&off, "getindexinfo", &json!([])).unwrap(),
+            json!({})
+        );
     }
 }

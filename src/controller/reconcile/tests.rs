@@ -513,7 +513,10 @@ async fn a_salt_from_an_older_controller_is_kept_while_it_matches() {
         user: "u".into(),
         password: "p".into(),
     };
-    let old = render_bitcoin_conf(&rpcauth("u", "p", &[9; 16]));
+    let old = render_bitcoin_conf(
+        &rpcauth("u", "p", &[9; 16]),
+        &node_option_lines(None, resources::memory_limit_bytes(&net)),
+    );
     let live = resources::config_secret(&net, &old);
     assert_eq!(bitcoin_conf(&net, &c, Some(&live)), old);
     // New credentials: the old line no longer matches, the salt is derived.
@@ -702,4 +705,54 @@ async fn a_status_write_on_a_deleted_network_ends_the_reconcile() {
         1,
         "one status write, not retried"
     );
+}
+
+/// Node options are part of the rendered configuration, so changing one
+/// changes the config hash on the pod template: the pods roll.
+#[tokio::test]
+async fn node_options_reach_the_config_and_roll_the_pods() {
+    let c = Credentials {
+        user: "u".into(),
+        password: "p".into(),
+    };
+    let mut net = network(1);
+    let plain = bitcoin_conf(&net, &c, None);
+    net.spec.config = Some(txindex_config(Some(true)));
+    let with_txindex = bitcoin_conf(&net, &c, None);
+    assert!(
+        with_txindex.ends_with("port=18444\ndbcache=211\nmaxmempool=147\ntxindex=1\n"),
+        "{with_txindex}"
+    );
+    net.spec.config = Some(txindex_config(Some(false)));
+    let without = bitcoin_conf(&net, &c, None);
+    assert!(
+        without.ends_with("maxmempool=147\ntxindex=0\n"),
+        "{without}"
+    );
+    let template_hash = |conf: &str| {
+        let sts = resources::statefulset(&net, &resources::content_hash(conf.as_bytes()));
+        sts.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[resources::CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    let hashes = [
+        template_hash(&plain),
+        template_hash(&with_txindex),
+        template_hash(&without),
+    ];
+    assert_ne!(hashes[0], hashes[1]);
+    assert_ne!(hashes[1], hashes[2]);
+    assert_ne!(hashes[0], hashes[2]);
+}
+
+fn txindex_config(txindex: Option<bool>) -> crate::api::NodeConfig {
+    crate::api::NodeConfig {
+        txindex,
+        ..Default::default()
+    }
 }

@@ -2,8 +2,11 @@
 //! `bitcoin-cli`, `getent` and `bc-fault`, that behaves by the name it is
 //! called with. It lets the StatefulSet's real pod spec run unchanged:
 //!
-//! - `bitcoind -conf=FILE -datadir=DIR` runs regtest-node on every address
-//!   of the pod (0.0.0.0), writing the RPC cookie to `DIR/regtest/.cookie`.
+//! - `bitcoind -conf=FILE -datadir=DIR` runs regtest-node on the address of
+//!   the configuration's `rpcbind=` (`::`, what the controller renders, is
+//!   one dual-stack socket serving IPv4 and IPv6, falling back to 0.0.0.0
+//!   with a warning where the pod has no IPv6; without `rpcbind=`,
+//!   0.0.0.0), writing the RPC cookie to `DIR/regtest/.cookie`.
 //! - `bitcoin-cli -conf=FILE -datadir=DIR [-rpcconnect=H] [-rpcport=P]
 //!   [-rpcclienttimeout=S] METHOD [ARGS...]` makes a real JSON-RPC call,
 //!   authenticated with the cookie (or `-rpcuser`/`-rpcpassword`), prints
@@ -128,8 +131,11 @@ fn bitcoind(opts: Opts) -> ExitCode {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async move {
+        let bind_ip = config
+            .rpc_bind_ip()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let node = match Node::start(NodeOptions {
-            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind_ip,
             config,
             datadir: Some(datadir.clone()),
         })
