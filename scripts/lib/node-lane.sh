@@ -55,9 +55,9 @@ node_settings() {
 
 # ---------------------------------------------------------------- tools
 
-# Fails loudly, with how to get it, if a node component is missing.
-node_require_tools() {
-	local tool missing=() pkg plugin
+# The Debian packages of the node components that are not installed.
+node_missing_packages() {
+	local tool plugin missing=()
 	declare -A pkgs=([containerd]=containerd [ctr]=containerd [runc]=runc [nft]=nftables
 		[conntrack]=conntrack [umoci]=umoci [skopeo]=skopeo [unshare]=util-linux
 		[nsenter]=util-linux [ip]=iproute2 [iptables]=iptables [gcc]=gcc)
@@ -67,8 +67,30 @@ node_require_tools() {
 	for plugin in bridge host-local loopback; do
 		[[ -x "/usr/lib/cni/${plugin}" ]] || missing+=(containernetworking-plugins)
 	done
-	if ((${#missing[@]} > 0)); then
-		pkg="$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')"
+	if ((${#missing[@]} > 0)); then printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '; fi
+}
+
+# Installs missing node components from Debian (root with apt-get, unless
+# BC_NO_INSTALL=1), so a fresh machine runs the lane; fails loudly, with how
+# to get them, if they are still missing. A policy-rc.d that refuses service
+# starts is in place during the install, so the containerd package does not
+# start a containerd of the machine's own next to the lane's.
+node_require_tools() {
+	local pkg policy=/usr/sbin/policy-rc.d
+	pkg="$(node_missing_packages)"
+	if [[ -n "${pkg}" && "${BC_NO_INSTALL:-0}" != 1 && "$(id -u)" == 0 ]] && command -v apt-get >/dev/null; then
+		log "installing the node components from Debian: ${pkg}"
+		local made_policy=0
+		if [[ ! -e "${policy}" ]]; then
+			printf '#!/bin/sh\nexit 101\n' >"${policy}" && chmod 755 "${policy}" && made_policy=1
+		fi
+		# shellcheck disable=SC2086 # one word per package
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ${pkg}; } >/dev/null ||
+			log "apt-get install ${pkg}failed"
+		if ((made_policy)); then rm -f "${policy}"; fi
+		pkg="$(node_missing_packages)"
+	fi
+	if [[ -n "${pkg}" ]]; then
 		die "the real-node lane needs: ${pkg}(Debian: apt-get update && apt-get install -y ${pkg})"
 	fi
 	[[ -d /sys/fs/cgroup/memory && -d /sys/fs/cgroup/cpu ]] ||
