@@ -372,6 +372,38 @@ mod listen_tests {
         node.stop().await;
     }
 
+    /// An IPv4 peer of a node listening on `::` is an IPv4 peer (as in
+    /// Core), not `::ffff:a.b.c.d`, in `getpeerinfo` and the added-node
+    /// view, so a mesh of such nodes reads like one of IPv4 nodes.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ipv4_peers_of_a_dual_stack_node_show_as_ipv4() {
+        use super::test_util::{eventually, rpc};
+        let (dual, _dir) = start_node("::", "u", "p").await;
+        let (v4, _dir4) = start_node("127.0.0.1", "u", "p").await;
+        let target = format!("127.0.0.1:{}", dual.p2p_addr().port());
+        rpc(&v4, "addnode", serde_json::json!([target, "onetry"])).unwrap();
+        assert!(
+            eventually(10, || {
+                rpc(&dual, "getpeerinfo", serde_json::json!([]))
+                    .unwrap()
+                    .as_array()
+                    .is_some_and(|peers| !peers.is_empty())
+            })
+            .await
+        );
+        let peers = rpc(&dual, "getpeerinfo", serde_json::json!([])).unwrap();
+        for peer in peers.as_array().unwrap() {
+            let addr = peer["addr"].as_str().unwrap();
+            assert!(addr.starts_with("127.0.0.1:"), "{peer}");
+            assert!(
+                peer["addrbind"].as_str().unwrap().starts_with("127.0.0.1:"),
+                "{peer}"
+            );
+        }
+        v4.stop().await;
+        dual.stop().await;
+    }
+
     /// Without IPv6 (the dual-stack socket cannot be made) the listener
     /// falls back to 0.0.0.0; other errors are not hidden.
     #[tokio::test]

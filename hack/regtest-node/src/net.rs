@@ -251,6 +251,12 @@ pub(crate) fn disconnect(shared: &Shared, pred: impl Fn(&Peer, u64) -> bool) -> 
     }
 }
 
+/// An IPv4 peer on a dual-stack (`::`) socket shows as `::ffff:a.b.c.d`;
+/// Core treats such an address as the IPv4 address it maps, and so do we.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
 /// Accept inbound P2P connections.
 pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
     loop {
@@ -260,6 +266,7 @@ pub(crate) async fn listen(shared: Arc<Shared>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, addr)) => {
+                let addr = canonical(addr);
                 shared
                     .tasks
                     .spawn(run_peer(shared.clone(), stream, addr.to_string(), true));
@@ -474,6 +481,7 @@ async fn run_peer(shared: Arc<Shared>, stream: TcpStream, addr_name: String, inb
     let (Ok(addr), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
+    let (addr, local) = (canonical(addr), canonical(local));
     let _ = stream.set_nodelay(true);
     let (tx, rx) = mpsc::unbounded_channel();
     let cancel = shared.shutdown.child_token();
