@@ -77,19 +77,21 @@ _bc_find_prebuilt() {
 	done
 }
 
+# _bc_require_go <module dir> <what>
+# Sets BC_GO to a Go toolchain at least as new as the module's go.mod asks.
 _bc_require_go() {
-	local go_bin want have
+	local module_dir="$1" what="$2" go_bin want have
 	go_bin="$(command -v go || true)"
 	[[ -z "${go_bin}" && -x /usr/local/go/bin/go ]] && go_bin=/usr/local/go/bin/go
 	if [[ -z "${go_bin}" ]]; then
-		_bc_log "error: no Go toolchain found (need go >= 1.26 on PATH or in /usr/local/go/bin) to build the control plane"
+		_bc_log "error: no Go toolchain found (need go on PATH or in /usr/local/go/bin) to build ${what}"
 		return 1
 	fi
-	want="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "${_bc_repo_root}/hack/k8s/go.mod")"
+	want="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "${module_dir}/go.mod")"
 	have="$("${go_bin}" env GOVERSION)"
 	have="${have#go}"
 	if [[ "$(printf '%s\n%s\n' "${want}" "${have}" | sort -V | head -n1)" != "${want}" ]]; then
-		_bc_log "error: ${go_bin} is go ${have}; building Kubernetes ${KUBE_VERSION} needs go >= ${want}"
+		_bc_log "error: ${go_bin} is go ${have}; building ${what} needs go >= ${want}"
 		return 1
 	fi
 	BC_GO="${go_bin}"
@@ -101,7 +103,7 @@ _bc_require_go() {
 _bc_go_build() {
 	local what="$1" module_dir="$2" out_dir="$3" ldflags="$4"
 	shift 4
-	local tmp_dir status=0
+	local tmp_dir status=0 started=${SECONDS}
 	mkdir -p "${out_dir}"
 	tmp_dir="$(mktemp -d "${out_dir}/.build.XXXXXX")"
 	_bc_log "building ${what} from ${module_dir#"${_bc_repo_root}"/} into ${out_dir}; this takes minutes on a small machine"
@@ -112,6 +114,7 @@ _bc_go_build() {
 	) || status=$?
 	if [[ "${status}" -eq 0 ]]; then
 		mv "${tmp_dir}"/* "${out_dir}/"
+		_bc_log "built ${what} in $((SECONDS - started))s"
 	else
 		_bc_log "error: go build of ${what} failed (exit ${status}); see the compiler output above"
 	fi
@@ -160,7 +163,7 @@ bc_control_plane_bins() {
 	done
 
 	if [[ -z "${found[etcd]}" || ${#kube_missing[@]} -gt 0 ]]; then
-		_bc_require_go || return 1
+		_bc_require_go "${_bc_repo_root}/hack/k8s" "the control plane (Kubernetes ${KUBE_VERSION}, etcd ${ETCD_VERSION})" || return 1
 	fi
 	if [[ ${#kube_missing[@]} -gt 0 ]]; then
 		_bc_go_build "${kube_missing[*]##*/} ${KUBE_VERSION}" "${_bc_repo_root}/hack/k8s" "${kube_dir}" \

@@ -101,7 +101,7 @@ node_require_tools() {
 node_coredns_bin() {
 	local dir="${BC_CACHE_ROOT}/coredns-${COREDNS_VERSION}/bin"
 	if [[ ! -x "${dir}/coredns" ]]; then
-		_bc_require_go || die "Go is needed to build CoreDNS"
+		_bc_require_go "${REPO_ROOT}/hack/coredns" "CoreDNS ${COREDNS_VERSION}" || die "Go is needed to build CoreDNS"
 		_bc_go_build "coredns ${COREDNS_VERSION}" "${REPO_ROOT}/hack/coredns" "${dir}" \
 			"-s -w -X github.com/coredns/coredns/coremain.GitCommit=${COREDNS_VERSION}" . ||
 			die "could not build CoreDNS"
