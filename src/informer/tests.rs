@@ -123,18 +123,22 @@ fn start(resync: Option<Duration>) -> Harness {
 }
 
 fn start_with_metrics(resync: Option<Duration>, metrics: Arc<dyn ReflectorMetrics>) -> Harness {
-    start_with(resync, metrics, vec![])
+    start_with(resync, metrics, |cm| cm, vec![])
 }
 
-/// An informer whose handlers are `first`, then the recorder.
+/// An informer caching what `transform` makes of each object, whose
+/// handlers are `first`, then the recorder.
 fn start_with(
     resync: Option<Duration>,
     metrics: Arc<dyn ReflectorMetrics>,
+    transform: fn(Cm) -> Cm,
     first: Vec<Arc<dyn EventHandler<Cm>>>,
 ) -> Harness {
     let (calls_tx, calls) = mpsc::unbounded_channel();
     let (seen_tx, seen) = mpsc::unbounded_channel();
-    let mut informer = Informer::new(FakeSource(calls_tx), resync).with_metrics(metrics);
+    let mut informer = Informer::new(FakeSource(calls_tx), resync)
+        .with_metrics(metrics)
+        .with_transform(transform);
     for handler in first {
         informer.add_event_handler(handler);
     }
@@ -533,32 +537,23 @@ async fn the_transform_shapes_what_is_cached_and_delivered() {
         obj.data = Some([("big".to_owned(), "x".repeat(1000))].into());
         obj
     };
-    let (calls_tx, calls) = mpsc::unbounded_channel();
     let (data_tx, mut data) = mpsc::unbounded_channel();
-    let mut informer = Informer::new(FakeSource(calls_tx), None).with_transform(|mut cm: Cm| {
-        cm.data = None;
-        cm
-    });
-    informer.add_event_handler(Arc::new(Data(data_tx)));
-    let lister = informer.lister();
-    let (seen_tx, seen) = mpsc::unbounded_channel();
-    informer.add_event_handler(Arc::new(Recorder(seen_tx)));
-    let cancel = CancellationToken::new();
-    let mut h = Harness {
-        calls,
-        seen,
-        lister: lister.clone(),
-        synced: informer.synced(),
-        cancel: cancel.clone(),
-        task: tokio::spawn(informer.run(cancel)),
-    };
+    let mut h = start_with(
+        None,
+        Arc::new(NoopReflectorMetrics),
+        |mut cm: Cm| {
+            cm.data = None;
+            cm
+        },
+        vec![Arc::new(Data(data_tx)) as Arc<dyn EventHandler<Cm>>],
+    );
     h.serve_list("1", vec![with_data("listed")]).await;
     let (_, feed) = h.open_watch().await;
     feed.unbounded_send(Ok(WatchEvent::Added(with_data("watched"))))
         .unwrap();
     h.seen(2).await;
     for name in ["listed", "watched"] {
-        assert_eq!(lister.get("default", name).unwrap().data, None, "{name}");
+        assert_eq!(h.lister.get("default", name).unwrap().data, None, "{name}");
         assert_eq!(data.recv().await, Some(None), "{name}");
     }
     h.stop().await;
@@ -890,6 +885,7 @@ async fn panicking_handler_does_not_stop_the_informer() {
     let mut h = start_with(
         Some(Duration::from_secs(30)),
         panics.clone(),
+        |cm| cm,
         vec![Arc::new(PanicsOnBad) as Arc<dyn EventHandler<Cm>>],
     );
     h.serve_list("1", vec![cm("bad", "1"), cm("a", "1")]).await;
