@@ -54,7 +54,7 @@ die() {
 
 usage() {
 	cat >&2 <<EOF
-usage: $0 up | down [--keep] | status | env
+usage: $0 up | down [--keep] | status | env | restart-apiserver | compact-etcd
 
   up      start etcd, kube-apiserver, kube-controller-manager and podsim
           (BC_PODSIM=0 skips podsim); with BC_NODE=kubelet a real node
@@ -63,6 +63,10 @@ usage: $0 up | down [--keep] | status | env
   down    stop what 'up' started and delete the state dir (--keep keeps it)
   status  show the state dir, components and the API server version
   env     print export lines: eval "\$($0 env)"
+  restart-apiserver   stop kube-apiserver and start it again (its watch
+          cache starts over: clients resuming older watches get 410 Gone)
+  compact-etcd        compact etcd's history up to its current revision
+          (what kube-apiserver's compactor does every 5 minutes)
 EOF
 	exit 2
 }
@@ -526,6 +530,26 @@ cmd_down() {
 	fi
 }
 
+cmd_restart_apiserver() {
+	load_cluster_env
+	[[ -n "$(component_pid kube-apiserver)" ]] || die "kube-apiserver is not running in ${STATE_DIR}"
+	stop_component kube-apiserver
+	start_apiserver
+}
+
+cmd_compact_etcd() {
+	local url revision
+	load_cluster_env
+	url="http://127.0.0.1:${ETCD_CLIENT_PORT}/v3/kv"
+	# The v3 JSON gateway: a range read's header carries the store revision.
+	revision="$(curl -sf -X POST "${url}/range" -d '{"key":"AA==","limit":1}' |
+		sed -n 's/.*"revision":"\([0-9]*\)".*/\1/p')"
+	[[ -n "${revision}" ]] || die "could not read etcd's revision from ${url}/range"
+	curl -sf -X POST "${url}/compaction" -d "{\"revision\":\"${revision}\",\"physical\":true}" >/dev/null ||
+		die "etcd refused to compact at revision ${revision}"
+	log "compacted etcd at revision ${revision}"
+}
+
 cmd_status() {
 	local name pid all_up=0
 	echo "state dir: ${STATE_DIR}"
@@ -557,6 +581,7 @@ cmd_status() {
 
 cmd_env() {
 	load_cluster_env
+	printf 'export BC_CLUSTER_DIR=%q\n' "${STATE_DIR}"
 	printf 'export KUBECONFIG=%q\n' "${ADMIN_KUBECONFIG}"
 	printf 'export BC_CONTROLLER_KUBECONFIG=%q\n' "${CONTROLLER_KUBECONFIG}"
 	# shellcheck disable=SC2016 # $PATH is for the shell that evals this
@@ -575,13 +600,14 @@ main() {
 	local cmd="${1:-}"
 	[[ $# -gt 0 ]] && shift
 	case "${cmd}" in
-	up | down)
+	up | down | restart-apiserver)
 		mkdir -p "$(dirname "${STATE_DIR}")"
 		# One up/down at a time per state dir.
 		exec 9>"${STATE_DIR}.lock"
 		flock -n 9 || die "another up/down is running on ${STATE_DIR}"
-		"cmd_${cmd}" "$@"
+		"cmd_${cmd//-/_}" "$@"
 		;;
+	compact-etcd) cmd_compact_etcd ;;
 	status) cmd_status ;;
 	env) cmd_env ;;
 	*) usage ;;

@@ -986,3 +986,119 @@ async fn ops_a_paused_leader_reconciles_nothing_when_it_resumes() {
     );
     ns.delete().await;
 }
+
+/// Runs `scripts/local-cluster.sh <command>` on the suite's cluster.
+fn local_cluster(command: &str) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/local-cluster.sh");
+    let out = Command::new(&script)
+        .arg(command)
+        .output()
+        .expect("run scripts/local-cluster.sh");
+    assert!(
+        out.status.success(),
+        "local-cluster.sh {command} failed (is BC_CLUSTER_DIR the suite's cluster? eval \"$(scripts/local-cluster.sh env)\"):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// While the controller cannot reach it, the API server restarts (its watch
+/// cache starts over) and etcd is compacted; meanwhile one network is
+/// deleted (the garbage collector removes its objects), one is scaled and
+/// one is created. Back in touch, the controller's watches resume from
+/// resourceVersions that are gone: 410, relist. The relist delivers the
+/// deletion, the scale and the creation; the deleted network's objects are
+/// never created again, not even for a moment (the workers wait until every
+/// cache has relisted instead of acting on a half-fresh view).
+#[tokio::test]
+async fn ops_relist_after_an_api_server_restart_and_compaction() {
+    let admin = admin_client().await;
+    let ns = TestNamespace::create(&admin, "e2e-ops-relist").await;
+    let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> =
+        Api::namespaced(admin.clone(), &ns.name);
+    let gate = Gate::start(controller_kubeconfig().1).await;
+    gate.set_open(true);
+    let controller = Controller::start_with_kubeconfig("relist", &gate.kubeconfig("relist"), &[]);
+    controller.wait_ready().await;
+    for name in ["gone", "grows"] {
+        create_network(&admin, &ns.name, name, 1).await;
+    }
+    for name in ["gone", "grows"] {
+        wait_for_status(&admin, &ns.name, name, "1 ready node", all_ready(1)).await;
+    }
+    let relists_before = sum_of(
+        &controller.scrape().await,
+        "bitcoin_controller_reflector_relists_total",
+    );
+
+    gate.set_open(false);
+    let cut = Instant::now();
+    local_cluster("restart-apiserver");
+    say("relist: kube-apiserver restarted", cut.elapsed());
+    nets.delete("gone", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        "the garbage collector removed gone's StatefulSet",
+        CONVERGE,
+        || {
+            let sets = sets.clone();
+            async move {
+                match sets.get_opt("gone-sts").await {
+                    Ok(None) => Ok(()),
+                    other => Err(format!("{:?}", other.map(|s| s.map(|s| s.metadata.uid)))),
+                }
+            }
+        },
+    )
+    .await;
+    nets.patch(
+        "grows",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"nodes": 2}})),
+    )
+    .await
+    .unwrap();
+    create_network(&admin, &ns.name, "new", 1).await;
+    local_cluster("compact-etcd");
+    // Every StatefulSet the controller writes from here on is seen.
+    let from = sets.list(&ListParams::default()).await.unwrap();
+    let from = from.metadata.resource_version.unwrap();
+
+    gate.set_open(true);
+    let opened = Instant::now();
+    wait_for_status(&admin, &ns.name, "new", "1 ready node", all_ready(1)).await;
+    wait_for_status(&admin, &ns.name, "grows", "2 ready nodes", all_ready(2)).await;
+    say(
+        "relist: created and scaled networks converged after the cut",
+        opened.elapsed(),
+    );
+    let relists = sum_of(
+        &controller.scrape().await,
+        "bitcoin_controller_reflector_relists_total",
+    ) - relists_before;
+    assert!(relists >= 1.0, "the watches resumed with 410 and relisted");
+    println!("OPS relist: {relists} relists after the API server came back");
+
+    // Collect every StatefulSet event since the cut: gone's never comes back.
+    let events = sets
+        .watch(&kube_client::api::WatchParams::default().timeout(5), &from)
+        .await
+        .unwrap();
+    let events: Vec<_> = futures::TryStreamExt::try_collect(events).await.unwrap();
+    let names: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            kube_client::api::WatchEvent::Added(s) | kube_client::api::WatchEvent::Modified(s) => {
+                s.metadata.name.clone()
+            }
+            _ => None,
+        })
+        .collect();
+    println!("OPS relist: StatefulSet events since the cut: {names:?}");
+    assert!(names.iter().any(|n| n == "new-sts"), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "gone-sts"),
+        "the deleted network's StatefulSet was created again: {names:?}"
+    );
+    assert!(sets.get_opt("gone-sts").await.unwrap().is_none());
+    ns.delete().await;
+}
