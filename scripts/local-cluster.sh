@@ -604,7 +604,14 @@ main() {
 		mkdir -p "$(dirname "${STATE_DIR}")"
 		# One up/down at a time per state dir.
 		exec 9>"${STATE_DIR}.lock"
-		flock -n 9 || die "another up/down is running on ${STATE_DIR}"
+		if ! flock -n 9; then
+			# A `down` from an EXIT trap may run while the `up` it cleans up
+			# after (or that up's build, which inherited the lock) is still
+			# dying: wait for it rather than leave everything running.
+			[[ "${cmd}" == down ]] || die "another up/down is running on ${STATE_DIR}"
+			log "waiting up to 120 s for the running up/down on ${STATE_DIR} to end"
+			flock -w 120 9 || die "another up/down is still running on ${STATE_DIR}"
+		fi
 		"cmd_${cmd//-/_}" "$@"
 		;;
 	compact-etcd) cmd_compact_etcd ;;
