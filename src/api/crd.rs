@@ -4,7 +4,7 @@
 
 use super::{
     BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, KIND, MAX_EXTRA_LINES,
-    MAX_EXTRA_LINE_LENGTH, PLURAL, VERSION,
+    MAX_EXTRA_LINE_LENGTH, MAX_NODES, MAX_PARTITIONS, PLURAL, VERSION,
 };
 use crate::bitcoin::{OWNED_KEYS, TYPED_KEYS};
 #[cfg(doc)]
@@ -42,6 +42,14 @@ fn schema_of<T: JsonSchema>() -> Value {
 const NAME_RULE: &str = "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 /// CEL rule of `spec.image`: what [`is_image_reference`] accepts.
 const IMAGE_RULE: &str = "self == '' || self.matches('^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$')";
+
+/// CEL rule of `spec` (`self`): every ordinal of `spec.partitions` is a node.
+const PARTITION_RANGE_RULE: &str =
+    "!has(self.partitions) || self.partitions.all(g, g.all(o, o < self.nodes))";
+/// CEL rule of `spec`: no ordinal in two groups of `spec.partitions` (each
+/// group shares an ordinal with itself only; groups are non-empty sets).
+const PARTITION_ONCE_RULE: &str = "!has(self.partitions) || \
+    self.partitions.all(g, self.partitions.filter(h, h.exists(o, o in g)).size() == 1)";
 
 /// CEL expression of the key of a `spec.config.extra` line (the item is
 /// `self`), as [`crate::bitcoin::extra_line_key`] computes it.
@@ -118,13 +126,37 @@ pub fn crd() -> CustomResourceDefinition {
     extra["items"]["description"] =
         json!("One bitcoin.conf line, key=value, written as is under [regtest].");
     extra["items"]["x-kubernetes-validations"] = extra_line_rules();
+    let partitions = &mut spec["properties"]["partitions"];
+    partitions["maxItems"] = json!(MAX_PARTITIONS);
+    partitions["items"]["minItems"] = json!(1);
+    partitions["items"]["maxItems"] = json!(MAX_NODES);
+    partitions["items"]["x-kubernetes-list-type"] = json!("set");
+    partitions["items"]["description"] = json!("One group: the ordinals of its nodes.");
+    partitions["items"]["items"]["minimum"] = json!(0);
+    partitions["items"]["items"]["description"] =
+        json!("A node ordinal (pod <name>-sts-<ordinal>).");
+    spec["x-kubernetes-validations"] = json!([
+        {
+            "rule": PARTITION_RANGE_RULE,
+            "message": "spec.partitions: every ordinal must be less than spec.nodes",
+            "fieldPath": ".partitions",
+        },
+        {
+            "rule": PARTITION_ONCE_RULE,
+            "message": "spec.partitions: an ordinal may be in one group only",
+            "fieldPath": ".partitions",
+        },
+    ]);
+    let mut status = schema_of::<BitcoinNetworkStatus>();
+    status["properties"]["partitions"]["items"]["properties"]["nodes"]["items"]["description"] =
+        json!("A node ordinal.");
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "description": "A private Bitcoin regtest network managed by bitcoin-controller.",
         "required": ["spec"],
         "properties": {
             "spec": spec,
-            "status": schema_of::<BitcoinNetworkStatus>(),
+            "status": status,
         },
         "x-kubernetes-validations": [
             {

@@ -136,7 +136,20 @@ pub struct BitcoinNetworkSpec {
     /// defaults (450 MiB dbcache, 300 MB mempool).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Splits the network into groups of nodes that connect only among
+    /// themselves, e.g. [[0, 1], [2]], so that each group can mine its own
+    /// chain (reorganisation tests). Each group lists node ordinals, each
+    /// below spec.nodes and in one group only; nodes no group names form
+    /// one more group. At most 10 groups. Absent or []: one full mesh.
+    /// Removing it heals the network: every node connects to every other
+    /// again and all follow the chain with the most work.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<Vec<i32>>,
 }
+
+/// Most groups `spec.partitions` may have (a bound that keeps its CEL
+/// rules' cost within the API server's budget).
+pub const MAX_PARTITIONS: usize = 10;
 
 /// Maximum number of `spec.config.extra` lines, and the maximum length of
 /// one (bounds that keep the CEL rules' cost within the API server's budget).
@@ -206,6 +219,25 @@ pub struct BitcoinNetworkStatus {
     /// says what to do; `kubectl describe` shows the matching Events.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// One entry per group of spec.partitions (the nodes no group names
+    /// last), with the best chain its ready nodes reported; present only
+    /// while the network is partitioned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<Vec<PartitionStatus>>,
+}
+
+/// The chain of one group of a partitioned network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    /// Ordinals of the group's nodes.
+    pub nodes: Vec<i32>,
+    /// Height of the highest chain a ready node of the group reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    /// Hash of that chain's tip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_block_hash: Option<String>,
 }
 
 /// Condition types of a network.
@@ -275,6 +307,7 @@ mod tests {
             observed_generation: Some(2),
             selector: None,
             conditions: vec![],
+            partitions: None,
         };
         let v = serde_json::to_value(&status).unwrap();
         let node = &v["nodes"][0];

@@ -10,6 +10,6 @@ pub use config::{
     P2P_PORT, RPC_PORT, TYPED_KEYS,
 };
 pub use rpc::{
-    AddedNodeAddress, AddedNodeInfo, BlockchainInfo, NetworkInfo, RpcClient, RpcConfig, RpcError,
-    RpcMetrics, RPC_NODE_ALREADY_ADDED, RPC_NODE_NOT_ADDED,
+    AddedNodeAddress, AddedNodeInfo, BlockchainInfo, NetworkInfo, PeerInfo, RpcClient, RpcConfig,
+    RpcError, RpcMetrics, RPC_NODE_ALREADY_ADDED, RPC_NODE_NOT_ADDED, RPC_NODE_NOT_CONNECTED,
 };

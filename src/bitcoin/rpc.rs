@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 pub const RPC_NODE_ALREADY_ADDED: i64 = -23;
 /// `addnode ... remove` for a node that is not in the list.
 pub const RPC_NODE_NOT_ADDED: i64 = -24;
+/// `disconnectnode` for a peer that is not connected.
+pub const RPC_NODE_NOT_CONNECTED: i64 = -29;
 
 /// Where a node's RPC interface is and how to log in.
 #[derive(Clone)]
@@ -141,6 +143,14 @@ pub struct AddedNodeAddress {
     /// the node did not say).
     #[serde(default)]
     pub connected: String,
+}
+
+/// The part of one `getpeerinfo` entry the controller uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// `ip:port` of the peer as the node names it (for an outbound
+    /// connection the string it dialled); `disconnectnode` takes it.
+    pub addr: String,
 }
 
 /// The parts of `getnetworkinfo` the controller uses; other fields are
@@ -311,6 +321,32 @@ impl RpcClient {
     /// `addnode <node> remove`; a node that was not added counts as success.
     pub async fn remove_node(&self, cfg: &RpcConfig, node: &str) -> Result<(), RpcError> {
         self.addnode(cfg, node, "remove", RPC_NODE_NOT_ADDED).await
+    }
+
+    /// `addnode <node> onetry`: Core dials the node at once, where its
+    /// added-node loop may wait a minute after a failed attempt.
+    pub async fn try_node(&self, cfg: &RpcConfig, node: &str) -> Result<(), RpcError> {
+        self.raw_request(cfg, "addnode", vec![json!(node), json!("onetry")])
+            .await
+            .map(drop)
+    }
+
+    /// `disconnectnode <address>`; a peer that is not connected counts as
+    /// success.
+    pub async fn disconnect_node(&self, cfg: &RpcConfig, address: &str) -> Result<(), RpcError> {
+        match self
+            .raw_request(cfg, "disconnectnode", vec![json!(address)])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(RpcError::Rpc { code, .. }) if code == RPC_NODE_NOT_CONNECTED => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `getpeerinfo`: the node's connections.
+    pub async fn get_peer_info(&self, cfg: &RpcConfig) -> Result<Vec<PeerInfo>, RpcError> {
+        self.call(cfg, "getpeerinfo", vec![]).await
     }
 
     async fn addnode(

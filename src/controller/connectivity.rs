@@ -1,16 +1,19 @@
 //! Keeps every ready node of a network connected to every other ready node
-//! (the original controller's `syncNodes`).
+//! of its group (the original controller's `syncNodes`; one group unless
+//! `spec.partitions` splits the network).
 //!
-//! The diff is pure; [`sync`] applies it over JSON-RPC, all nodes of one
-//! network concurrently with a bound. A node that fails or times out is
-//! reported and does not stop the others.
+//! The decisions (what to add, remove, dial at once, disconnect) are pure;
+//! [`sync`] applies them over JSON-RPC, all nodes of one network
+//! concurrently with a bound. A node that fails or times out is reported
+//! and does not stop the others.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use futures::stream::{self, StreamExt};
 
-use crate::bitcoin::{AddedNodeInfo, RpcClient, RpcConfig, RpcError, P2P_PORT, RPC_PORT};
+use crate::bitcoin::{AddedNodeInfo, PeerInfo, RpcClient, RpcConfig, RpcError, P2P_PORT, RPC_PORT};
+use crate::controller::partition::group_of;
 use crate::controller::status::NodeReport;
 
 /// Bitcoin Core opens outbound connections to at most this many added nodes
@@ -18,20 +21,21 @@ use crate::controller::status::NodeReport;
 /// a connection drops.
 pub const MAX_ADDNODE_CONNECTIONS: usize = 8;
 
-/// Whether a node reporting `connected` added peers in a network of `ready`
-/// ready nodes is as connected as Bitcoin Core will make it.
-pub fn fully_connected(connected: u32, ready: usize) -> bool {
-    connected as usize >= ready.saturating_sub(1).min(MAX_ADDNODE_CONNECTIONS)
+/// Whether a node reporting `connected` of its `wanted` added peers
+/// connected is as connected as Bitcoin Core will make it.
+pub fn fully_connected(connected: u32, wanted: usize) -> bool {
+    connected as usize >= wanted.min(MAX_ADDNODE_CONNECTIONS)
 }
 
 /// How many nodes of one network are synced at the same time.
 const CONCURRENCY: usize = 8;
 
-/// A ready node: its pod name and IP.
+/// A node: its pod name, IP and ordinal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub pod_name: String,
     pub ip: String,
+    pub ordinal: i32,
 }
 
 impl Endpoint {
@@ -72,13 +76,73 @@ impl Diff {
     }
 }
 
-/// The wanted added-node set of `me`: every other ready node of the network.
-pub fn wanted_peers(me: &Endpoint, ready: &[Endpoint]) -> BTreeSet<String> {
+/// The wanted added-node set of `me`: every other ready node of its group
+/// (of the network, when `groups` is empty).
+pub fn wanted_peers(me: &Endpoint, ready: &[Endpoint], groups: &[Vec<i32>]) -> BTreeSet<String> {
+    let mine = group_of(groups, me.ordinal);
     ready
         .iter()
         .filter(|e| e.pod_name != me.pod_name && e.ip != me.ip)
+        .filter(|e| group_of(groups, e.ordinal) == mine)
         .map(Endpoint::peer_address)
         .collect()
+}
+
+/// The wanted peers to dial at once with `addnode ... onetry`: those the
+/// node had added before this sync (so its own added-node loop had its
+/// chance) that are not connected, at most as many as the node has free
+/// added-node slots. After a failed dial Bitcoin Core waits a minute before
+/// it dials an added node again; `onetry` dials at once, and does not take
+/// one of Core's slots, hence the limit.
+pub fn nudges(added: &[AddedNodeInfo], wanted: &BTreeSet<String>) -> Vec<String> {
+    let state: HashMap<String, bool> = added
+        .iter()
+        .map(|a| (normalize(&a.addednode), a.connected))
+        .collect();
+    let connected = wanted
+        .iter()
+        .filter(|w| state.get(*w) == Some(&true))
+        .count();
+    let free = wanted
+        .len()
+        .min(MAX_ADDNODE_CONNECTIONS)
+        .saturating_sub(connected);
+    wanted
+        .iter()
+        .filter(|w| state.get(*w) == Some(&false))
+        .take(free)
+        .cloned()
+        .collect()
+}
+
+/// The node's connections into another group, as `disconnectnode` takes
+/// them (the `addr` of `getpeerinfo`): peers whose IP is a node of a group
+/// other than `mine` (`group_by_ip`). `addnode remove` alone keeps a live
+/// connection in Core.
+pub fn cross_group(
+    peers: &[PeerInfo],
+    mine: usize,
+    group_by_ip: &HashMap<IpAddr, usize>,
+) -> Vec<String> {
+    peers
+        .iter()
+        .filter(|p| {
+            peer_ip(&p.addr)
+                .and_then(|ip| group_by_ip.get(&ip))
+                .is_some_and(|g| *g != mine)
+        })
+        .map(|p| p.addr.clone())
+        .collect()
+}
+
+/// The IP of a `getpeerinfo` address (`ip:port`, `[v6]:port`), IPv4-mapped
+/// IPv6 addresses as IPv4.
+fn peer_ip(addr: &str) -> Option<IpAddr> {
+    let ip = match addr.parse::<SocketAddr>() {
+        Ok(sa) => sa.ip(),
+        Err(_) => addr.parse::<IpAddr>().ok()?,
+    };
+    Some(ip.to_canonical())
 }
 
 /// Diff between what a node has added and what it should have. Anything not
@@ -99,18 +163,37 @@ pub fn diff(added: &[AddedNodeInfo], wanted: &BTreeSet<String>) -> Diff {
 #[derive(Debug)]
 pub struct NodeOutcome {
     pub pod_name: String,
+    /// How many peers the node should have (the other ready nodes of its group).
+    pub wanted: usize,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Peers dialled with `addnode ... onetry`.
+    pub tried: Vec<String>,
+    /// Connections into other groups closed with `disconnectnode`.
+    pub disconnected: Vec<String>,
     pub result: Result<NodeReport, RpcError>,
 }
 
-/// Brings every ready node's added-node list to the wanted state.
+/// Brings every ready node's added-node list to the wanted state, dials the
+/// wanted peers that are not connected, and (when `groups` partitions the
+/// network) closes connections between groups. `nodes`: every node with an
+/// IP, ready or not, to tell which group a connection leads to.
 pub async fn sync(
     rpc: &RpcClient,
     user: &str,
     password: &str,
     ready: &[Endpoint],
+    nodes: &[Endpoint],
+    groups: &[Vec<i32>],
 ) -> Vec<NodeOutcome> {
+    let group_by_ip: HashMap<IpAddr, usize> = nodes
+        .iter()
+        .filter_map(|n| {
+            let ip = n.ip.parse::<IpAddr>().ok()?.to_canonical();
+            Some((ip, group_of(groups, n.ordinal)))
+        })
+        .collect();
+    let group_by_ip = &group_by_ip;
     stream::iter(ready.iter().cloned())
         .map(|node| async move {
             let cfg = RpcConfig {
@@ -119,13 +202,19 @@ pub async fn sync(
                 user: user.to_owned(),
                 password: password.to_owned(),
             };
+            let wanted = wanted_peers(&node, ready, groups);
             let mut outcome = NodeOutcome {
                 pod_name: node.pod_name.clone(),
+                wanted: wanted.len(),
                 added: Vec::new(),
                 removed: Vec::new(),
+                tried: Vec::new(),
+                disconnected: Vec::new(),
                 result: Ok(NodeReport::default()),
             };
-            outcome.result = sync_node(rpc, &cfg, &wanted_peers(&node, ready), &mut outcome).await;
+            let partition =
+                (!groups.is_empty()).then(|| (group_of(groups, node.ordinal), group_by_ip));
+            outcome.result = sync_node(rpc, &cfg, &wanted, partition, &mut outcome).await;
             outcome
         })
         .buffer_unordered(CONCURRENCY)
@@ -137,6 +226,7 @@ async fn sync_node(
     rpc: &RpcClient,
     cfg: &RpcConfig,
     wanted: &BTreeSet<String>,
+    partition: Option<(usize, &HashMap<IpAddr, usize>)>,
     outcome: &mut NodeOutcome,
 ) -> Result<NodeReport, RpcError> {
     let added = rpc.get_added_node_info(cfg).await?;
@@ -149,6 +239,17 @@ async fn sync_node(
         rpc.remove_node(cfg, addr).await?;
         outcome.removed.push(addr.clone());
     }
+    for addr in nudges(&added, wanted) {
+        rpc.try_node(cfg, &addr).await?;
+        outcome.tried.push(addr);
+    }
+    if let Some((mine, group_by_ip)) = partition {
+        let peers = rpc.get_peer_info(cfg).await?;
+        for addr in cross_group(&peers, mine, group_by_ip) {
+            rpc.disconnect_node(cfg, &addr).await?;
+            outcome.disconnected.push(addr);
+        }
+    }
     let connected: HashMap<String, bool> = added
         .iter()
         .map(|a| (normalize(&a.addednode), a.connected))
@@ -157,10 +258,11 @@ async fn sync_node(
         .iter()
         .filter(|w| connected.get(*w).copied().unwrap_or(false))
         .count() as u32;
-    let blocks = rpc.get_blockchain_info(cfg).await?.blocks;
+    let chain = rpc.get_blockchain_info(cfg).await?;
     Ok(NodeReport {
         connected_peers,
-        blocks,
+        blocks: chain.blocks,
+        best_block_hash: chain.bestblockhash,
     })
 }
 
@@ -169,9 +271,11 @@ mod tests {
     use super::*;
 
     fn ep(pod: &str, ip: &str) -> Endpoint {
+        let ordinal = pod.bytes().next().map_or(0, |b| i32::from(b - b'a'));
         Endpoint {
             pod_name: pod.into(),
             ip: ip.into(),
+            ordinal,
         }
     }
 
@@ -181,6 +285,18 @@ mod tests {
             .map(|a| AddedNodeInfo {
                 addednode: (*a).into(),
                 connected: true,
+                addresses: vec![],
+            })
+            .collect()
+    }
+
+    /// Added entries, `!` marking a disconnected one.
+    fn added_state(entries: &[&str]) -> Vec<AddedNodeInfo> {
+        entries
+            .iter()
+            .map(|a| AddedNodeInfo {
+                addednode: a.trim_start_matches('!').into(),
+                connected: !a.starts_with('!'),
                 addresses: vec![],
             })
             .collect()
@@ -198,10 +314,146 @@ mod tests {
             ep("c", "127.0.0.4"),
         ];
         assert_eq!(
-            wanted_peers(&ready[0], &ready),
+            wanted_peers(&ready[0], &ready, &[]),
             set(&["127.0.0.3:18444", "127.0.0.4:18444"])
         );
-        assert!(wanted_peers(&ready[0], &ready[..1]).is_empty());
+        assert!(wanted_peers(&ready[0], &ready[..1], &[]).is_empty());
+    }
+
+    #[test]
+    fn wanted_is_the_other_ready_nodes_of_the_group() {
+        // a=0, b=1, c=2, d=3; d is in no group: the group of the rest.
+        let ready = [
+            ep("a", "127.0.0.2"),
+            ep("b", "127.0.0.3"),
+            ep("c", "127.0.0.4"),
+            ep("d", "127.0.0.5"),
+        ];
+        let groups = crate::controller::partition::groups(&[vec![0, 1], vec![2]], 4);
+        let cases: [(usize, &[&str]); 4] = [
+            (0, &["127.0.0.3:18444"]),
+            (1, &["127.0.0.2:18444"]),
+            (2, &[]),
+            (3, &[]),
+        ];
+        for (me, want) in cases {
+            assert_eq!(wanted_peers(&ready[me], &ready, &groups), set(want), "{me}");
+        }
+        // Ready nodes only: without b, a has no peer.
+        let some = [ready[0].clone(), ready[2].clone()];
+        assert!(wanted_peers(&some[0], &some, &groups).is_empty());
+    }
+
+    #[test]
+    fn nudges_table() {
+        type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
+            // (added before the sync, `!` = not connected; wanted; onetry)
+            (&[], &[], &[]),
+            // Just added (not in the list before): Core's loop dials it.
+            (&[], &["127.0.0.3:18444"], &[]),
+            (&["127.0.0.3:18444"], &["127.0.0.3:18444"], &[]),
+            // Added, not connected: dialled at once.
+            (
+                &["!127.0.0.3:18444"],
+                &["127.0.0.3:18444"],
+                &["127.0.0.3:18444"],
+            ),
+            // A bare IP entry is the same node.
+            (&["!127.0.0.3"], &["127.0.0.3:18444"], &["127.0.0.3:18444"]),
+            // Not wanted any more (being removed): never dialled.
+            (&["!127.0.0.9:18444"], &["127.0.0.3:18444"], &[]),
+            (
+                &["!127.0.0.3:18444", "127.0.0.4:18444", "!127.0.0.5:18444"],
+                &["127.0.0.3:18444", "127.0.0.4:18444", "127.0.0.5:18444"],
+                &["127.0.0.3:18444", "127.0.0.5:18444"],
+            ),
+        ];
+        for (have, want, tried) in cases {
+            assert_eq!(
+                nudges(&added_state(have), &set(want)),
+                tried.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{have:?} -> {want:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nudges_fill_only_free_addnode_slots() {
+        // 12 wanted, 6 connected, 6 not: Core connects at most 8 added
+        // nodes, so 2 are dialled.
+        let addrs: Vec<String> = (10..22).map(|i| format!("127.0.0.{i}:18444")).collect();
+        let have: Vec<String> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| if i < 6 { a.clone() } else { format!("!{a}") })
+            .collect();
+        let have: Vec<&str> = have.iter().map(String::as_str).collect();
+        let want: BTreeSet<String> = addrs.iter().cloned().collect();
+        assert_eq!(nudges(&added_state(&have), &want), addrs[6..8].to_vec());
+        // 8 connected: none.
+        let full: Vec<&str> = addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i < 8 {
+                    a.as_str()
+                } else {
+                    "!127.0.0.99:18444"
+                }
+            })
+            .collect();
+        assert!(nudges(&added_state(&full), &want).is_empty());
+    }
+
+    #[test]
+    fn cross_group_table() {
+        let by_ip: HashMap<IpAddr, usize> = [
+            ("127.0.0.2", 0),
+            ("127.0.0.3", 0),
+            ("127.0.0.4", 1),
+            ("fd00::5", 1),
+        ]
+        .into_iter()
+        .map(|(ip, g)| (ip.parse().unwrap(), g))
+        .collect();
+        let peers = |addrs: &[&str]| -> Vec<PeerInfo> {
+            addrs
+                .iter()
+                .map(|a| PeerInfo { addr: (*a).into() })
+                .collect()
+        };
+        type Case<'a> = (usize, &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case] = &[
+            // (my group, getpeerinfo addrs, disconnected)
+            (0, &[], &[]),
+            // Outbound (the dialled name) and inbound (ephemeral port) alike.
+            (
+                0,
+                &["127.0.0.3:18444", "127.0.0.4:18444", "127.0.0.4:40112"],
+                &["127.0.0.4:18444", "127.0.0.4:40112"],
+            ),
+            (
+                1,
+                &["127.0.0.3:18444", "[fd00::5]:18444"],
+                &["127.0.0.3:18444"],
+            ),
+            // IPv4-mapped IPv6 is the IPv4 node.
+            (
+                1,
+                &["[::ffff:127.0.0.2]:5000"],
+                &["[::ffff:127.0.0.2]:5000"],
+            ),
+            // Connections to addresses that are not the network's nodes stay.
+            (0, &["10.1.2.3:18444", "garbage"], &[]),
+        ];
+        for (mine, have, gone) in cases {
+            assert_eq!(
+                cross_group(&peers(have), *mine, &by_ip),
+                gone.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                "{mine} {have:?}"
+            );
+        }
     }
 
     #[test]
@@ -248,11 +500,11 @@ mod tests {
 
     #[test]
     fn full_connectivity_respects_cores_addnode_limit() {
-        assert!(fully_connected(0, 1));
-        assert!(fully_connected(2, 3));
-        assert!(!fully_connected(1, 3));
-        assert!(fully_connected(8, 20));
-        assert!(!fully_connected(7, 20));
+        assert!(fully_connected(0, 0));
+        assert!(fully_connected(2, 2));
+        assert!(!fully_connected(1, 2));
+        assert!(fully_connected(8, 19));
+        assert!(!fully_connected(7, 19));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
 use kube_client::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::api::{BitcoinNetwork, CONDITION_DEGRADED};
 use crate::bitcoin::{
@@ -37,6 +37,7 @@ use crate::bitcoin::{
     rpcauth,
 };
 use crate::controller::connectivity::{self, Endpoint};
+use crate::controller::partition;
 use crate::controller::problem::{
     describe, is_rejection, status_code, Error, Problem, Reason, Retry,
 };
@@ -97,7 +98,9 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let nodes = status::nodes(&net, pods.iter().map(AsRef::as_ref), &mesh.reports);
-    let status = status::compute(
+    let groups = partition::groups(&net.spec.partitions, net.spec.nodes);
+    let partitions = partition::status(&groups, &nodes, &mesh.reports);
+    let mut status = status::compute(
         &net,
         nodes,
         mesh.complete,
@@ -105,14 +108,19 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         net.status.as_ref(),
         &now,
     );
+    status.partitions = partitions;
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
         // The resourceVersion makes the write fail (409) if the network
         // changed since the cached copy this status was computed from.
-        let patch = json!({
+        let mut patch = json!({
             "metadata": {"resourceVersion": net.metadata.resource_version},
             "status": status,
         });
+        // A merge patch keeps what it does not mention: say "none" outright.
+        if status.partitions.is_none() {
+            patch["status"]["partitions"] = Value::Null;
+        }
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -564,23 +572,48 @@ fn event_time(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
 
 /// Syncs the added-node lists of the ready nodes.
 async fn mesh(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], creds: &Credentials) -> Mesh {
-    let ready: Vec<Endpoint> = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new())
-        .into_iter()
-        .filter(|n| n.ready)
-        .map(|n| Endpoint {
+    // Every node with an IP (to tell where a connection leads), and the
+    // ready ones, which get synced.
+    let mut all = Vec::new();
+    let mut ready = Vec::new();
+    for n in status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new()) {
+        if n.ip.is_empty() {
+            continue;
+        }
+        let endpoint = Endpoint {
             pod_name: n.pod_name,
             ip: n.ip,
-        })
-        .collect();
+            ordinal: n.ordinal,
+        };
+        if n.ready {
+            ready.push(endpoint.clone());
+        }
+        all.push(endpoint);
+    }
+    let groups = partition::groups(&net.spec.partitions, net.spec.nodes);
     let mut mesh = Mesh {
         complete: true,
         ready: ready.len(),
         ..Mesh::default()
     };
-    for outcome in connectivity::sync(&ctx.rpc, &creds.user, &creds.password, &ready).await {
+    let outcomes = connectivity::sync(
+        &ctx.rpc,
+        &creds.user,
+        &creds.password,
+        &ready,
+        &all,
+        &groups,
+    )
+    .await;
+    for outcome in outcomes {
         for (addrs, reason, verb) in [
             (&outcome.added, "NodeAdded", "added"),
             (&outcome.removed, "NodeRemoved", "removed"),
+            (
+                &outcome.disconnected,
+                "NodeDisconnected",
+                "disconnected from",
+            ),
         ] {
             if !addrs.is_empty() {
                 let message = format!("{}: {verb} {}", outcome.pod_name, peer_list(addrs));
@@ -588,11 +621,21 @@ async fn mesh(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], creds: &Cr
                     .publish(net, EventType::Normal, reason, message);
             }
         }
+        if !outcome.tried.is_empty() {
+            log::info!(
+                "{}/{}: {} dials {} at once (addnode onetry): added but not connected",
+                net.namespace(),
+                net.name(),
+                outcome.pod_name,
+                peer_list(&outcome.tried)
+            );
+        }
         match outcome.result {
             Ok(report) => {
                 mesh.complete &= outcome.added.is_empty()
                     && outcome.removed.is_empty()
-                    && connectivity::fully_connected(report.connected_peers, ready.len());
+                    && outcome.disconnected.is_empty()
+                    && connectivity::fully_connected(report.connected_peers, outcome.wanted);
                 mesh.reports.insert(outcome.pod_name, report);
             }
             Err(err) => {

@@ -19,6 +19,7 @@ use crate::controller::resources::{dns_name, statefulset_name, NETWORK_LABEL};
 pub struct NodeReport {
     pub connected_peers: u32,
     pub blocks: u64,
+    pub best_block_hash: String,
 }
 
 /// Ordinal of a pod of the network's StatefulSet (`<name>-sts-<ordinal>`).
@@ -189,6 +190,7 @@ pub fn compute(
                 degraded_message,
             ),
         ],
+        partitions: None,
     }
 }
 
@@ -310,6 +312,7 @@ mod tests {
             NodeReport {
                 connected_peers: 1,
                 blocks: 101,
+                ..NodeReport::default()
             },
         )]);
         let status = compute(&n, nodes(&n, &pods, &reports), true, None, None, &now());

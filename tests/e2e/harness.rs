@@ -522,19 +522,34 @@ pub const CONVERGE: Duration = Duration::from_secs(120);
 
 impl Nodes {
     /// Waits until every node in `ips` has exactly the others added and is
-    /// connected to them; returns how long it took.
+    /// connected to them, by its own dial as Core counts an added node
+    /// connected (at most 8, Core's limit); returns how long it took.
     pub async fn wait_for_mesh(&self, ips: &[String]) -> Duration {
-        let (_, took) = wait_for("full mesh", CONVERGE, || async {
+        self.wait_for_mesh_within(ips, CONVERGE).await
+    }
+
+    /// [`Nodes::wait_for_mesh`], failing after `limit`.
+    pub async fn wait_for_mesh_within(&self, ips: &[String], limit: Duration) -> Duration {
+        let (_, took) = wait_for("full mesh", limit, || async {
             let mut wrong = Vec::new();
             for ip in ips {
                 let mut want: Vec<String> = ips.iter().filter(|o| *o != ip).cloned().collect();
                 want.sort();
                 let want_added: Vec<String> = want.iter().map(|o| format!("{o}:18444")).collect();
-                let added = self.added_nodes(ip).await?;
+                let infos = self
+                    .rpc
+                    .get_added_node_info(&self.cfg(ip))
+                    .await
+                    .map_err(|e| format!("getaddednodeinfo on {ip}: {e}"))?;
+                let mut added: Vec<String> = infos.iter().map(|i| i.addednode.clone()).collect();
+                added.sort();
+                let dialled = infos.iter().filter(|i| i.connected).count();
                 let mut peers = self.peer_ips(ip).await?;
                 peers.retain(|p| p != ip);
-                if added != want_added || peers != want {
-                    wrong.push(format!("{ip}: added {added:?} peers {peers:?}"));
+                if added != want_added || peers != want || dialled < want.len().min(8) {
+                    wrong.push(format!(
+                        "{ip}: added {added:?} ({dialled} connected) peers {peers:?}"
+                    ));
                 }
             }
             if wrong.is_empty() {

@@ -9,6 +9,7 @@
 //! Built only with `--features e2e`; run them with `scripts/test.sh`.
 
 mod harness;
+mod mesh;
 mod node;
 mod ops;
 mod options;
@@ -636,6 +637,26 @@ async fn invalid_specs_are_refused() {
             "bad-image",
             json!({"nodes": 1, "image": " bitcoin/bitcoin:29.0"}),
             "spec.image must be an image reference",
+        ),
+        (
+            "partition-range",
+            json!({"nodes": 3, "partitions": [[0, 1], [3]]}),
+            "spec.partitions: every ordinal must be less than spec.nodes",
+        ),
+        (
+            "partition-twice",
+            json!({"nodes": 3, "partitions": [[0, 1], [1, 2]]}),
+            "spec.partitions: an ordinal may be in one group only",
+        ),
+        (
+            "partition-repeat",
+            json!({"nodes": 3, "partitions": [[0, 0]]}),
+            "spec.partitions[0][1]: Duplicate value: 0",
+        ),
+        (
+            "partition-groups",
+            json!({"nodes": 3, "partitions": [[0], [1], [2], [0], [1], [2], [0], [1], [2], [0], [1]]}),
+            "spec.partitions: Too many: 11: must have at most 10 items",
         ),
     ];
     for (name, spec, expected) in cases {

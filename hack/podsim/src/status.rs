@@ -40,6 +40,9 @@ pub struct View {
     pub phase: Phase,
     /// Readiness per container name (containers not listed: not ready).
     pub ready: BTreeMap<String, bool>,
+    /// How often the pod's node was restarted after it exited (kubelet's
+    /// restartCount of a container restarted in place).
+    pub restarts: i32,
 }
 
 fn condition(
@@ -113,7 +116,7 @@ pub fn desired(pod: &Pod, view: &View, now: &Time) -> PodStatus {
                         container_id: Some(format!("podsim://{uid}/{}", c.name)),
                         ready,
                         started: Some(true),
-                        restart_count: 0,
+                        restart_count: view.restarts,
                         state: Some(ContainerState {
                             running: Some(ContainerStateRunning {
                                 started_at: Some(started_at),
@@ -131,7 +134,7 @@ pub fn desired(pod: &Pod, view: &View, now: &Time) -> PodStatus {
                         image_id: String::new(),
                         ready: false,
                         started: Some(false),
-                        restart_count: 0,
+                        restart_count: view.restarts,
                         state: Some(ContainerState {
                             waiting: Some(ContainerStateWaiting {
                                 reason: Some(reason.clone()),
@@ -303,6 +306,7 @@ struct ContainerSummary {
     container_id: Option<String>,
     ready: bool,
     started: Option<bool>,
+    restart_count: i32,
     state: String,
 }
 
@@ -332,6 +336,7 @@ fn summary(s: &PodStatus) -> Summary {
                 container_id: c.container_id.clone(),
                 ready: c.ready,
                 started: c.started,
+                restart_count: c.restart_count,
                 state: state_word(&c.state),
             })
             .collect()
@@ -406,6 +411,7 @@ mod tests {
         View {
             phase: Phase::Running { pod_ip: ip.into() },
             ready: ready.iter().map(|(n, r)| (n.to_string(), *r)).collect(),
+            restarts: 0,
         }
     }
 
@@ -518,6 +524,31 @@ mod tests {
         assert_eq!(started, &Some(t0));
     }
 
+    /// A node restarted in place counts as a container restart, and that
+    /// alone is a change worth a patch.
+    #[test]
+    fn restarts_are_reported_as_restart_count() {
+        let p = pod(json!({}), json!({}));
+        let now = t("2024-01-01T00:00:00Z");
+        let mut view = running("127.1.0.2", &[("bitcoind", true), ("sidecar", true)]);
+        let first = desired(&p, &view, &now);
+        assert!(first
+            .container_statuses
+            .iter()
+            .flatten()
+            .all(|c| c.restart_count == 0));
+        view.restarts = 2;
+        let again = desired(&p, &view, &now);
+        assert!(again
+            .container_statuses
+            .iter()
+            .flatten()
+            .all(|c| c.restart_count == 2));
+        let mut reported = p.clone();
+        reported.status = Some(first);
+        assert!(differs(&reported, &again));
+    }
+
     #[test]
     fn creating_is_pending_with_waiting_containers() {
         let p = pod(json!({}), json!({}));
@@ -527,6 +558,7 @@ mod tests {
                 message: "secret \"x\" not found".into(),
             },
             ready: BTreeMap::new(),
+            restarts: 0,
         };
         let now = t("2026-01-02T03:04:05Z");
         let s = desired(&p, &view, &now);

@@ -159,6 +159,8 @@ struct Worker {
     /// previous podsim): it never goes back to Pending.
     running: bool,
     adopted: bool,
+    /// Restarts of the node after it exited (reported as restartCount).
+    restarts: i32,
     trackers: BTreeMap<String, Tracker>,
     retry_at: Option<Instant>,
     retry: Backoff,
@@ -190,6 +192,10 @@ impl Worker {
                         .is_some_and(|id| id.starts_with(&ours))
                 })
         });
+        let restarts = status
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.iter().map(|c| c.restart_count).max())
+            .unwrap_or(0);
         Worker {
             api: Api::namespaced(ctx.client.clone(), &ns),
             ctx,
@@ -204,6 +210,7 @@ impl Worker {
             hang: false,
             running: false,
             adopted,
+            restarts,
             trackers: BTreeMap::new(),
             retry_at: None,
             retry: Backoff::new(Duration::from_millis(500), Duration::from_secs(5)),
@@ -384,7 +391,11 @@ impl Worker {
                 )
             })
             .collect();
-        View { phase, ready }
+        View {
+            phase,
+            ready,
+            restarts: self.restarts,
+        }
     }
 
     async fn sync_status(&mut self) {
@@ -572,8 +583,13 @@ impl Worker {
                 _ = node_exit(self.node.as_ref()) => {
                     // The "container" exited (RPC `stop`): restart it, as
                     // kubelet would with restartPolicy Always.
+                    // Like kubelet: restartCount goes up and the new
+                    // container is not ready until its probe passes.
                     log::warn!("pod {}: node exited; restarting it", self.key);
                     self.stop_node(Duration::from_secs(10)).await;
+                    self.restarts += 1;
+                    self.adopted = false;
+                    self.start_probes();
                     self.retry_at = Some(Instant::now() + self.retry.next_delay());
                 }
             }

@@ -70,6 +70,8 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Connection slots for added nodes (Core's MAX_ADDNODE_CONNECTIONS).
     addnode_slots: Arc<Semaphore>,
+    /// When the added-node loop dials (Core's timing outside tests).
+    added_timing: net::AddedTiming,
 }
 
 impl Shared {
@@ -93,6 +95,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             addnode_slots: Arc::new(Semaphore::new(net::MAX_ADDNODE_CONNECTIONS)),
+            added_timing: net::AddedTiming::CORE,
         }
     }
 }
@@ -108,6 +111,10 @@ impl Node {
     /// dual-stack socket per port, as Bitcoin Core binds `rpcbind=::`
     /// (see [`listen`]).
     pub async fn start(opts: NodeOptions) -> std::io::Result<Node> {
+        Self::start_with(opts, net::AddedTiming::CORE).await
+    }
+
+    async fn start_with(opts: NodeOptions, timing: net::AddedTiming) -> std::io::Result<Node> {
         if opts.config.chain() != "regtest" {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -128,13 +135,15 @@ impl Node {
             Some(dir) if opts.config.uses_cookie() => Some(write_cookie(dir, &cookie)?),
             _ => None,
         };
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             opts.config,
             opts.bind_ip,
             rpc.local_addr()?,
             p2p.local_addr()?,
             cookie,
-        ));
+        );
+        shared.added_timing = timing;
+        let shared = Arc::new(shared);
         log::info!(
             "regtest node: RPC on {}, P2P on {}",
             shared.rpc_addr,
@@ -145,6 +154,9 @@ impl Node {
         for node in shared.config.add_nodes().to_vec() {
             net::add_node(&shared, &node);
         }
+        shared
+            .tasks
+            .spawn(net::open_added_connections(shared.clone()));
         Ok(Node {
             shared,
             cookie_file,
@@ -293,13 +305,18 @@ mod test_util {
 
     /// A node on `ip` with the default regtest ports, as in a pod.
     pub async fn start_at(ip: &str) -> Node {
+        start_timed(ip, net::AddedTiming::CORE).await
+    }
+
+    /// [`start_at`] with the added-node loop on other timing than Core's.
+    pub async fn start_timed(ip: &str, timing: net::AddedTiming) -> Node {
         let _ = env_logger::builder().is_test(true).try_init();
         let opts = NodeOptions {
             bind_ip: ip.parse().unwrap(),
             config: Config::parse("regtest=1\n").unwrap(),
             datadir: None,
         };
-        Node::start(opts).await.unwrap()
+        Node::start_with(opts, timing).await.unwrap()
     }
 
     /// Call an RPC method on a node, bypassing HTTP.

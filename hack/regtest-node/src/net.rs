@@ -45,25 +45,39 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
 const PING_INTERVAL: Duration = Duration::from_secs(120);
 const PING_TIMEOUT: Duration = Duration::from_secs(20 * 60);
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// When the added-node loop dials, as Core's `ThreadOpenAddedConnections`:
+/// `between` two attempts of one round; then it sleeps `after_attempt` if
+/// the round tried any node, else `idle`. So a node whose dial failed is
+/// not dialled again for a minute, and a node added meanwhile waits too;
+/// only `addnode onetry` dials at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AddedTiming {
+    pub between: Duration,
+    pub after_attempt: Duration,
+    pub idle: Duration,
+}
+
+impl AddedTiming {
+    /// Bitcoin Core's values (net.cpp: 500 ms, 60 s, 2 s).
+    pub const CORE: AddedTiming = AddedTiming {
+        between: Duration::from_millis(500),
+        after_attempt: Duration::from_secs(60),
+        idle: Duration::from_secs(2),
+    };
+}
 
 /// Peer and added-node state.
 #[derive(Default)]
 pub(crate) struct Net {
     next_id: u64,
     pub peers: BTreeMap<u64, Peer>,
-    added: Vec<Added>,
+    /// `addnode add` entries, in the order they were added.
+    added: Vec<String>,
     /// Nonces of our own version messages, to spot connections to ourselves.
     nonces: HashSet<u64>,
     /// Blocks requested with getdata, and from which peer.
     in_flight: HashMap<BlockHash, u64>,
-}
-
-/// One `addnode add` entry; cancelling the token stops reconnecting.
-struct Added {
-    name: String,
-    cancel: CancellationToken,
 }
 
 /// A connected peer, with what getpeerinfo shows.
@@ -157,85 +171,131 @@ async fn connect(shared: &Shared, target: SocketAddr) -> std::io::Result<TcpStre
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
-/// `addnode add`. False if already added.
-pub(crate) fn add_node(shared: &Arc<Shared>, name: &str) -> bool {
+/// `addnode add`. False if already added. Like Core, nothing is dialled
+/// here: the added-node loop dials the node on its next round.
+pub(crate) fn add_node(shared: &Shared, name: &str) -> bool {
     let mut net = shared.net.lock().unwrap();
-    if net.added.iter().any(|a| a.name == name) {
+    if net.added.iter().any(|a| a == name) {
         return false;
     }
-    let cancel = shared.shutdown.child_token();
-    net.added.push(Added {
-        name: name.to_string(),
-        cancel: cancel.clone(),
-    });
-    shared
-        .tasks
-        .spawn(keep_connected(shared.clone(), name.to_string(), cancel));
+    net.added.push(name.to_string());
     true
 }
 
 /// `addnode remove`. False if it was not added. Like Core, an established
 /// connection stays up; only reconnecting stops.
-pub(crate) fn remove_node(shared: &Arc<Shared>, name: &str) -> bool {
+pub(crate) fn remove_node(shared: &Shared, name: &str) -> bool {
     let mut net = shared.net.lock().unwrap();
-    let Some(i) = net.added.iter().position(|a| a.name == name) else {
+    let Some(i) = net.added.iter().position(|a| a == name) else {
         return false;
     };
-    net.added.remove(i).cancel.cancel();
+    net.added.remove(i);
     true
 }
 
-/// `addnode onetry`: one connection attempt, in the background.
+/// Whether the added node `name` is connected, as Core's
+/// `GetAddedNodeInfo` decides: an outbound connection made by that name, or
+/// any connection from the address (with its port) the name stands for.
+fn connected_peer<'a>(net: &'a Net, name: &str) -> Option<&'a Peer> {
+    let resolved = parse_numeric(name);
+    net.peers
+        .values()
+        .find(|p| (!p.inbound && p.addr_name == name) || Some(p.addr) == resolved)
+}
+
+/// `addnode onetry`: one connection attempt right away, in the background
+/// (none if already connected to that node, as in Core).
 pub(crate) fn connect_once(shared: &Arc<Shared>, name: &str) {
     let (shared, name) = (shared.clone(), name.to_string());
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
-        let attempt = async {
-            let target = resolve(&name).await?;
-            connect(&shared, target).await
-        };
         let stream = tokio::select! {
             _ = shared.shutdown.cancelled() => return,
-            s = attempt => s,
+            s = dial(&shared, &name) => s,
         };
         match stream {
-            Ok(stream) => run_peer(shared, stream, name, false).await,
+            Ok(Some(stream)) => run_peer(shared, stream, name, false).await,
+            Ok(None) => log::debug!("onetry {name}: already connected"),
             Err(e) => log::info!("onetry {name}: {e}"),
         }
     });
 }
 
-/// Keep an outbound connection to an added node, reconnecting with backoff.
-/// Like Core, at most MAX_ADDNODE_CONNECTIONS added nodes are connected at once.
-async fn keep_connected(shared: Arc<Shared>, name: String, cancel: CancellationToken) {
-    let mut delay = RETRY_MIN;
-    loop {
-        let slots = shared.addnode_slots.clone();
-        let permit = tokio::select! {
-            _ = cancel.cancelled() => return,
-            p = slots.acquire_owned() => p.expect("never closed"),
-        };
-        let attempt = async {
-            let target = resolve(&name).await?;
-            connect(&shared, target).await
-        };
-        let stream = tokio::select! {
-            _ = cancel.cancelled() => return,
-            s = attempt => s,
-        };
-        match stream {
-            Ok(stream) => {
-                delay = RETRY_MIN;
-                run_peer(shared.clone(), stream, name.clone(), false).await;
+/// Resolve `name` and connect, unless a connection to it exists already.
+async fn dial(shared: &Shared, name: &str) -> std::io::Result<Option<TcpStream>> {
+    let target = resolve(name).await?;
+    let connected = {
+        let net = shared.net.lock().unwrap();
+        connected_peer(&net, name).is_some() || net.peers.values().any(|p| p.addr == target)
+    };
+    if connected {
+        return Ok(None);
+    }
+    connect(shared, target).await.map(Some)
+}
+
+/// The added-node loop (Core's `ThreadOpenAddedConnections`): each round
+/// dials the added nodes that are not connected, one slot of
+/// MAX_ADDNODE_CONNECTIONS each, [`AddedTiming::between`] apart, then
+/// sleeps a minute if it tried any (2 s if not). A connection keeps its
+/// slot until it closes.
+pub(crate) async fn open_added_connections(shared: Arc<Shared>) {
+    let timing = shared.added_timing;
+    let sleep = |d: Duration| {
+        let shutdown = shared.shutdown.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => false,
+                _ = tokio::time::sleep(d) => true,
             }
-            Err(e) => log::debug!("addnode {name}: {e}"),
         }
-        drop(permit);
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+    };
+    loop {
+        let mut grant = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            p = shared.addnode_slots.clone().acquire_owned() => Some(p.expect("never closed")),
+        };
+        let pending: Vec<String> = {
+            let net = shared.net.lock().unwrap();
+            net.added
+                .iter()
+                .filter(|a| connected_peer(&net, a).is_none())
+                .cloned()
+                .collect()
+        };
+        let mut tried = false;
+        for name in pending {
+            let Some(permit) = grant.take() else { break };
+            tried = true;
+            let stream = tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                s = dial(&shared, &name) => s,
+            };
+            match stream {
+                Ok(Some(stream)) => {
+                    let shared = shared.clone();
+                    let tasks = shared.tasks.clone();
+                    tasks.spawn(async move {
+                        run_peer(shared, stream, name, false).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => log::debug!("addnode {name}: {e}"),
+            }
+            if !sleep(timing.between).await {
+                return;
+            }
+            grant = shared.addnode_slots.clone().try_acquire_owned().ok();
         }
-        delay = (delay * 2).min(RETRY_MAX);
+        let pause = if tried {
+            timing.after_attempt
+        } else {
+            timing.idle
+        };
+        if !sleep(pause).await {
+            return;
+        }
     }
 }
 
@@ -388,20 +448,16 @@ pub(crate) fn peer_info(shared: &Shared) -> Value {
 /// `getaddednodeinfo`; None if `node` was given but not added.
 pub(crate) fn added_node_info(shared: &Shared, node: Option<&str>) -> Option<Value> {
     let net = shared.net.lock().unwrap();
-    let selected: Vec<&Added> = net
+    let selected: Vec<&String> = net
         .added
         .iter()
-        .filter(|a| node.is_none_or(|n| a.name == n))
+        .filter(|a| node.is_none_or(|n| *a == n))
         .collect();
     if node.is_some() && selected.is_empty() {
         return None;
     }
     let entries = selected.iter().map(|a| {
-        let resolved = parse_numeric(&a.name);
-        let peer = net
-            .peers
-            .values()
-            .find(|p| (!p.inbound && p.addr_name == a.name) || Some(p.addr) == resolved);
+        let peer = connected_peer(&net, a);
         let addresses = match peer {
             Some(p) => json!([{
                 "address": p.addr.to_string(),
@@ -409,7 +465,7 @@ pub(crate) fn added_node_info(shared: &Shared, node: Option<&str>) -> Option<Val
             }]),
             None => json!([]),
         };
-        json!({"addednode": a.name, "connected": peer.is_some(), "addresses": addresses})
+        json!({"addednode": a, "connected": peer.is_some(), "addresses": addresses})
     });
     Some(Value::Array(entries.collect()))
 }
@@ -967,8 +1023,10 @@ fn get_headers(locator: Vec<BlockHash>, stop: BlockHash) -> NetworkMessage {
 
 #[cfg(test)]
 mod tests {
-    use crate::test_util::{eventually, rpc, start_at, REGTEST_ADDR};
+    use super::AddedTiming;
+    use crate::test_util::{eventually, rpc, start_at, start_timed, REGTEST_ADDR};
     use serde_json::json;
+    use std::time::{Duration, Instant};
 
     fn best(node: &crate::Node) -> String {
         rpc(node, "getbestblockhash", json!([]))
@@ -1053,20 +1111,85 @@ mod tests {
         }
     }
 
+    /// Core's added-node loop dials every 500 ms within a round, then waits
+    /// 60 s after a round that tried a node, 2 s after one that did not.
+    #[test]
+    fn added_node_timing_is_cores() {
+        assert_eq!(
+            AddedTiming::CORE,
+            AddedTiming {
+                between: Duration::from_millis(500),
+                after_attempt: Duration::from_secs(60),
+                idle: Duration::from_secs(2),
+            }
+        );
+    }
+
+    /// The loop on a short clock (the test cannot wait a minute): after a
+    /// failed dial the restarted peer is not dialled again before
+    /// `after_attempt` has passed, then it is; `addnode onetry` connects
+    /// at once, while the loop still waits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn added_node_reconnects_after_restart() {
-        let a = start_at("127.86.3.1").await;
+    async fn a_failed_dial_waits_for_the_next_round_and_onetry_does_not() {
+        let timing = AddedTiming {
+            between: Duration::from_millis(500),
+            after_attempt: Duration::from_secs(8),
+            idle: Duration::from_secs(2),
+        };
+        let a = start_timed("127.86.3.1", timing).await;
         let b = start_at("127.86.3.2").await;
         rpc(&a, "addnode", json!(["127.86.3.2", "add"])).unwrap();
         let connected = |a: &crate::Node| {
             rpc(a, "getaddednodeinfo", json!([])).unwrap()[0]["connected"] == true
         };
         assert!(eventually(10, || connected(&a)).await);
-        b.stop().await;
-        assert!(eventually(10, || !connected(&a)).await, "loss noticed");
         mine(&a, 4);
+        assert!(eventually(10, || best(&b) == best(&a)).await);
+
+        b.stop().await;
+        let stopped = Instant::now();
+        assert!(eventually(10, || !connected(&a)).await, "loss noticed");
+        // The next round (at most `idle` + `between` away) dials b and fails.
+        tokio::time::sleep(timing.idle + Duration::from_secs(1)).await;
         let b = start_at("127.86.3.2").await;
-        assert!(eventually(15, || connected(&a)).await, "reconnected");
+        // That failed dial was at most idle + 1 s after the stop, so the
+        // loop sleeps until at least `stopped + after_attempt`.
+        let quiet_until = stopped + timing.after_attempt - Duration::from_millis(500);
+        while Instant::now() < quiet_until {
+            assert!(
+                !connected(&a),
+                "dialled again {:?} after the stop",
+                stopped.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            eventually(10, || connected(&a)).await,
+            "dialled after the wait"
+        );
+        eprintln!(
+            "restarted peer dialled again {:?} after its stop",
+            stopped.elapsed()
+        );
+
+        b.stop().await;
+        assert!(eventually(10, || !connected(&a)).await);
+        tokio::time::sleep(timing.idle + Duration::from_secs(1)).await;
+        let b = start_at("127.86.3.2").await;
+        let nudged = Instant::now();
+        rpc(&a, "addnode", json!(["127.86.3.2", "onetry"])).unwrap();
+        assert!(
+            eventually(2, || connected(&a)).await,
+            "onetry dials at once"
+        );
+        assert!(nudged.elapsed() < Duration::from_secs(2));
+        eprintln!("onetry connected in {:?}", nudged.elapsed());
+        // The added entry counts the onetry connection: one connection only.
+        assert_eq!(
+            rpc(&a, "getconnectioncount", json!([])).unwrap(),
+            1,
+            "no second connection to the same node"
+        );
         assert!(
             eventually(10, || best(&b) == best(&a)).await,
             "b catches up after reconnect"
@@ -1103,7 +1226,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn at_most_eight_added_nodes_are_connected() {
-        let a = start_at("127.86.6.1").await;
+        // The ninth is dialled on a round after the one that found no
+        // free slot: a short round here instead of Core's minute.
+        let timing = AddedTiming {
+            after_attempt: Duration::from_secs(2),
+            ..AddedTiming::CORE
+        };
+        let a = start_timed("127.86.6.1", timing).await;
         let mut others = Vec::new();
         for i in 2..=10 {
             let ip = format!("127.86.6.{i}");
