@@ -145,6 +145,40 @@ pub struct BitcoinNetworkSpec {
     /// again and all follow the chain with the most work.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<Vec<i32>>,
+    /// A Service `<name>-rpc` through which apps reach the network's RPC
+    /// (18443) and P2P (18444) ports. It routes to one node, the serving
+    /// node, because wallets and the mempool are per node. Absent: no such
+    /// Service (the headless `<name>-svc` still names every node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<RpcServiceSpec>,
+}
+
+/// `spec.service`: how apps reach the network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RpcServiceSpec {
+    /// ClusterIP (reachable inside the cluster) or NodePort (also on every
+    /// node's address, at a port the API server allocates; status.rpc.nodePort
+    /// shows it).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+}
+
+/// Type of the `<name>-rpc` Service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+        }
+    }
 }
 
 /// Most groups `spec.partitions` may have (a bound that keeps its CEL
@@ -224,6 +258,11 @@ pub struct BitcoinNetworkStatus {
     /// while the network is partitioned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<Vec<PartitionStatus>>,
+    /// How an app connects (present with spec.service, once its Service
+    /// exists): the Service, the RPC port, and the Secret holding the RPC
+    /// user and password (keys BC_RPC_USER, BC_RPC_PASSWORD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpc: Option<RpcAccess>,
 }
 
 /// The chain of one group of a partitioned network.
@@ -238,6 +277,25 @@ pub struct PartitionStatus {
     /// Hash of that chain's tip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_block_hash: Option<String>,
+}
+
+/// `status.rpc`: where the network's RPC is served for apps. Never holds a
+/// credential, only the name of the Secret that does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RpcAccess {
+    /// Name of the Service (`<name>-rpc`, in the network's namespace).
+    pub service: String,
+    /// RPC port of the Service (18443).
+    pub port: i32,
+    /// Port of the RPC on every node's address (type NodePort only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_port: Option<i32>,
+    /// Secret with the RPC credentials: keys BC_RPC_USER and BC_RPC_PASSWORD.
+    pub credentials_secret: String,
+    /// Ordinal of the node the Service routes to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<i32>,
 }
 
 /// Condition types of a network.
@@ -308,6 +366,7 @@ mod tests {
             selector: None,
             conditions: vec![],
             partitions: None,
+            rpc: None,
         };
         let v = serde_json::to_value(&status).unwrap();
         let node = &v["nodes"][0];

@@ -25,11 +25,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
+use kube_client::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube_client::{Api, Resource};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::api::{BitcoinNetwork, CONDITION_DEGRADED};
 use crate::bitcoin::{
@@ -109,18 +109,22 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         &now,
     );
     status.partitions = partitions;
+    let rpc_service = ctx
+        .services
+        .get(&key.namespace, &resources::rpc_service_name(&net));
+    status.rpc = status::rpc_access(&net, rpc_service.as_deref());
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
         // The resourceVersion makes the write fail (409) if the network
         // changed since the cached copy this status was computed from.
-        let mut patch = json!({
+        // A merge patch leaves every key it omits as stored: a field the
+        // new status no longer has (status.rpc, its nodePort) is nulled.
+        let stored = serde_json::to_value(&net.status).unwrap_or_default();
+        let wanted = serde_json::to_value(&status).unwrap_or_default();
+        let patch = json!({
             "metadata": {"resourceVersion": net.metadata.resource_version},
-            "status": status,
+            "status": merge_patch(&stored, &wanted),
         });
-        // A merge patch keeps what it does not mention: say "none" outright.
-        if status.partitions.is_none() {
-            patch["status"]["partitions"] = Value::Null;
-        }
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -172,6 +176,29 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
     match problem.reason.retry() {
         Retry::OnChange => Ok(Action::Done),
         Retry::Backoff => Err(Error::Problem(problem)),
+    }
+}
+
+/// The JSON merge patch (RFC 7386) that turns `old` into `new`: `new`,
+/// with `null` for every object key `old` has and `new` lacks, at any
+/// depth (lists are replaced whole).
+fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let mut patch: serde_json::Map<String, Value> = new
+                .iter()
+                .map(|(k, v)| {
+                    let v = old.get(k).map_or_else(|| v.clone(), |o| merge_patch(o, v));
+                    (k.clone(), v)
+                })
+                .collect();
+            for k in old.keys().filter(|k| !new.contains_key(*k)) {
+                patch.insert(k.clone(), Value::Null);
+            }
+            Value::Object(patch)
+        }
+        (_, new) => new.clone(),
     }
 }
 
@@ -265,10 +292,96 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
     .await?
     .and_then(|live| live.metadata.uid.clone());
 
+    expose(ctx, net, pods).await?;
+
     if let Some(uid) = sts_uid {
         pod_creation(ctx, net, pods, &uid).await?;
     }
     Ok(mesh(ctx, net, pods, &creds).await)
+}
+
+/// The Service apps connect to: applied while `spec.service` asks for it,
+/// routed to the serving node ([`resources::serving_node`]); deleted when
+/// `spec.service` is removed. Its selector changes (one write) only when
+/// the serving node does; with no node ready it names the wanted one.
+/// The Service is found in the cache only: it carries the managed-by
+/// label like every owned object, and its events reach the network through
+/// its owner reference, so a Service the cache has not seen yet is
+/// deleted when its add event arrives, without a GET on every reconcile.
+async fn expose(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<(), Error> {
+    let ns = net.namespace();
+    let name = resources::rpc_service_name(net);
+    let cached = ctx.services.get(ns, &name);
+    let Some(spec) = net.spec.service.as_ref() else {
+        return match cached.filter(|svc| is_controlled_by(&svc.metadata, net)) {
+            Some(svc) => delete_owned(ctx, net, svc.as_ref()).await,
+            None => Ok(()),
+        };
+    };
+    let wanted = wanted_serving_node(net);
+    let ready: Vec<i32> = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new())
+        .into_iter()
+        .filter(|n| n.ready && n.ordinal < net.spec.nodes)
+        .map(|n| n.ordinal)
+        .collect();
+    let node = resources::serving_node(wanted, &ready).unwrap_or(wanted.unwrap_or(0));
+    ensure(ctx, net, cached, resources::rpc_service(net, spec, node)).await?;
+    Ok(())
+}
+
+/// The node the network wants apps served by: the mining node once the
+/// spec names one; none (node 0) until then.
+fn wanted_serving_node(_net: &BitcoinNetwork) -> Option<i32> {
+    None
+}
+
+/// Deletes `obj`, an object the network controls, on the condition that it
+/// is still the object with that uid (a newer one of the same name is left
+/// for the next reconcile to judge). Gone already: nothing to do.
+async fn delete_owned<K>(ctx: &Context, net: &BitcoinNetwork, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
+{
+    let kind = K::kind(&());
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(&name, &params).await {
+        Ok(_) => {}
+        Err(e) if matches!(status_code(&e), Some(404 | 409)) => {
+            log::debug!(
+                "{}/{}: {kind} {name} already gone or replaced: {}",
+                net.namespace(),
+                net.name(),
+                describe(&e)
+            );
+            return Ok(());
+        }
+        Err(e) if is_rejection(&e) => {
+            return Err(Error::Problem(Problem::new(
+                Reason::ApplyRejected,
+                format!(
+                    "the API server refused to delete {kind} {name}: {}",
+                    describe(&e)
+                ),
+            )))
+        }
+        Err(e) => return Err(Error::kube(format!("deleting {kind} {name}"), e)),
+    }
+    let what = format!("deleted {kind} {name}");
+    log::info!("{}/{}: {what}", net.namespace(), net.name());
+    ctx.recorder
+        .publish(net, EventType::Normal, "Deleted", what);
+    Ok(())
 }
 
 /// The live object `name`: the cached one, else what a GET finds (an object

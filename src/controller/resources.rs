@@ -47,6 +47,11 @@ pub fn statefulset_name(net: &BitcoinNetwork) -> String {
     format!("{}-sts", net.name())
 }
 
+/// The Service apps connect to (`spec.service`), see [`rpc_service`].
+pub fn rpc_service_name(net: &BitcoinNetwork) -> String {
+    format!("{}-rpc", net.name())
+}
+
 pub fn config_secret_name(net: &BitcoinNetwork) -> String {
     format!("{}-config", net.name())
 }
@@ -284,8 +289,9 @@ fn covers(have: &Value, want: &Value) -> bool {
     }
 }
 
-/// The headless Service giving every node a stable DNS name.
-pub fn service(net: &BitcoinNetwork) -> Service {
+/// The ports of both Services: `rpc` 18443 and `p2p` 18444, to the
+/// container ports of those names.
+fn service_ports() -> Vec<ServicePort> {
     let port = |name: &str, number: u16| ServicePort {
         name: Some(name.to_owned()),
         port: i32::from(number),
@@ -293,6 +299,11 @@ pub fn service(net: &BitcoinNetwork) -> Service {
         protocol: Some("TCP".to_owned()),
         ..ServicePort::default()
     };
+    vec![port("rpc", RPC_PORT), port("p2p", P2P_PORT)]
+}
+
+/// The headless Service giving every node a stable DNS name.
+pub fn service(net: &BitcoinNetwork) -> Service {
     Service {
         metadata: object_meta(net, service_name(net)),
         spec: Some(ServiceSpec {
@@ -300,7 +311,47 @@ pub fn service(net: &BitcoinNetwork) -> Service {
             // Nodes must resolve each other before they are Ready.
             publish_not_ready_addresses: Some(true),
             selector: Some(selector_labels(net)),
-            ports: Some(vec![port("rpc", RPC_PORT), port("p2p", P2P_PORT)]),
+            ports: Some(service_ports()),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// Label the StatefulSet controller puts on each of its pods, with the
+/// pod's name: what selects one node.
+pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
+
+/// The node the `N-rpc` Service routes to: `wanted` (default 0) while it is
+/// ready, else the lowest ready ordinal; `None` when no node is ready.
+/// One node, not all: a wallet, the mempool and the `addnode` list are
+/// per node, so calls an app makes one after the other (`createwallet`,
+/// then `getbalance`) must reach the same node.
+pub fn serving_node(wanted: Option<i32>, ready: &[i32]) -> Option<i32> {
+    let wanted = wanted.unwrap_or(0);
+    if ready.contains(&wanted) {
+        Some(wanted)
+    } else {
+        ready.iter().copied().min()
+    }
+}
+
+/// The Service apps connect to (`spec.service`): the RPC and P2P ports of
+/// the node with ordinal `node` (selected by its pod name), of the type
+/// `spec.service.type` asks for. With NodePort the API server allocates
+/// the node ports; they are not set here, so they are no drift.
+pub fn rpc_service(net: &BitcoinNetwork, spec: &crate::api::RpcServiceSpec, node: i32) -> Service {
+    let mut selector = selector_labels(net);
+    selector.insert(
+        POD_NAME_LABEL.to_owned(),
+        format!("{}-{node}", statefulset_name(net)),
+    );
+    Service {
+        metadata: object_meta(net, rpc_service_name(net)),
+        spec: Some(ServiceSpec {
+            type_: Some(spec.type_.as_str().to_owned()),
+            selector: Some(selector),
+            ports: Some(service_ports()),
             ..ServiceSpec::default()
         }),
         status: None,
@@ -600,6 +651,91 @@ mod tests {
             .map(|p| (p.name.unwrap(), p.port))
             .collect();
         assert_eq!(ports, vec![("rpc".into(), 18443), ("p2p".into(), 18444)]);
+    }
+
+    #[test]
+    fn serving_node_is_the_wanted_one_while_ready_else_the_lowest_ready() {
+        let table: &[(Option<i32>, &[i32], Option<i32>)] = &[
+            (None, &[0, 1, 2], Some(0)),
+            (None, &[2, 1], Some(1)),
+            (None, &[], None),
+            (Some(2), &[0, 1, 2], Some(2)),
+            (Some(2), &[1, 0], Some(0)),
+            (Some(0), &[3], Some(3)),
+            (Some(7), &[0, 1], Some(0)),
+            (Some(1), &[], None),
+        ];
+        for &(wanted, ready, want) in table {
+            assert_eq!(serving_node(wanted, ready), want, "{wanted:?} {ready:?}");
+        }
+    }
+
+    #[test]
+    fn rpc_service_routes_to_one_node_with_named_ports() {
+        use crate::api::{RpcServiceSpec, ServiceType};
+        let n = net(3);
+        for type_ in [ServiceType::ClusterIP, ServiceType::NodePort] {
+            let svc = rpc_service(&n, &RpcServiceSpec { type_ }, 2);
+            assert_eq!(svc.metadata.name.as_deref(), Some("my-network-rpc"));
+            assert!(is_controlled_by(&svc.metadata, &n));
+            assert_eq!(
+                svc.metadata.labels.as_ref().unwrap()["app.kubernetes.io/managed-by"],
+                "bitcoin-controller",
+                "the Service informer selects on it"
+            );
+            let spec = svc.spec.unwrap();
+            assert_eq!(spec.type_.as_deref(), Some(type_.as_str()));
+            // Not headless, and no node port of its own: the API server
+            // allocates both, so neither is drift.
+            assert_eq!(spec.cluster_ip, None);
+            let selector = spec.selector.unwrap();
+            assert_eq!(
+                selector,
+                BTreeMap::from([
+                    (NETWORK_LABEL.to_owned(), "my-network".to_owned()),
+                    (POD_NAME_LABEL.to_owned(), "my-network-sts-2".to_owned()),
+                ])
+            );
+            let ports: Vec<_> = spec
+                .ports
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.name.unwrap(), p.port, p.target_port, p.node_port))
+                .collect();
+            assert_eq!(
+                ports,
+                vec![
+                    (
+                        "rpc".into(),
+                        18443,
+                        Some(IntOrString::String("rpc".into())),
+                        None
+                    ),
+                    (
+                        "p2p".into(),
+                        18444,
+                        Some(IntOrString::String("p2p".into())),
+                        None
+                    ),
+                ]
+            );
+        }
+        // Another serving node or type is drift (one write); an allocated
+        // node port or cluster IP is not.
+        let spec = RpcServiceSpec {
+            type_: ServiceType::NodePort,
+        };
+        let wanted = stamp(rpc_service(&n, &spec, 0));
+        let mut live = serde_json::to_value(&wanted).unwrap();
+        live["spec"]["clusterIP"] = json!("10.96.0.7");
+        live["spec"]["ports"][0]["nodePort"] = json!(30123);
+        let live: Service = serde_json::from_value(live).unwrap();
+        assert!(!needs_apply(&live, &wanted));
+        assert!(needs_apply(&live, &stamp(rpc_service(&n, &spec, 1))));
+        let cluster_ip = RpcServiceSpec {
+            type_: ServiceType::ClusterIP,
+        };
+        assert!(needs_apply(&live, &stamp(rpc_service(&n, &cluster_ip, 0))));
     }
 
     #[test]

@@ -3,16 +3,20 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
-    BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, CONDITION_DEGRADED,
-    CONDITION_PROGRESSING, CONDITION_READY,
+    BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, RpcAccess, ServiceType,
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
 };
+use crate::bitcoin::RPC_PORT;
 use crate::controller::problem::Problem;
-use crate::controller::resources::{dns_name, statefulset_name, NETWORK_LABEL};
+use crate::controller::resources::{
+    credentials_secret_name, dns_name, is_controlled_by, statefulset_name, NETWORK_LABEL,
+    POD_NAME_LABEL,
+};
 
 /// What one node reported during the last mesh sync.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -108,6 +112,38 @@ pub fn nodes<'a>(
     nodes
 }
 
+/// `status.rpc`: how an app connects, from the live `N-rpc` Service
+/// `svc`. Present only while `spec.service` asks for the Service and the
+/// network's own Service of that name exists (so status never points at
+/// a Service that is not there, or at someone else's). The node port is
+/// the one the API server allocated for `rpc`; the node, the ordinal its
+/// selector names.
+pub fn rpc_access(net: &BitcoinNetwork, svc: Option<&Service>) -> Option<RpcAccess> {
+    let wanted = net.spec.service.as_ref()?;
+    let svc = svc.filter(|s| is_controlled_by(&s.metadata, net))?;
+    let spec = svc.spec.as_ref();
+    let node_port = (wanted.type_ == ServiceType::NodePort)
+        .then(|| {
+            spec?
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some("rpc"))?
+                .node_port
+        })
+        .flatten();
+    let node = spec
+        .and_then(|s| s.selector.as_ref()?.get(POD_NAME_LABEL))
+        .and_then(|pod| ordinal(net, pod));
+    Some(RpcAccess {
+        service: svc.metadata.name.clone().unwrap_or_default(),
+        port: i32::from(RPC_PORT),
+        node_port,
+        credentials_secret: credentials_secret_name(net),
+        node,
+    })
+}
+
 /// The full status for a network. `mesh_complete`: every ready node has all
 /// the others added and is as connected as Bitcoin Core will make it.
 /// Conditions keep their `lastTransitionTime` from `previous` while their
@@ -190,7 +226,7 @@ pub fn compute(
                 degraded_message,
             ),
         ],
-        partitions: None,
+        ..BitcoinNetworkStatus::default()
     }
 }
 
@@ -525,5 +561,55 @@ mod tests {
         };
         assert_eq!(time(&ready, "Ready"), later());
         assert_eq!(time(&ready, "Degraded"), now());
+    }
+
+    #[test]
+    fn rpc_access_only_with_spec_service_and_the_networks_own_service() {
+        use crate::api::{RpcServiceSpec, ServiceType};
+        use crate::controller::resources::{owner_reference, rpc_service};
+        let mut n = net();
+        n.metadata.uid = Some("uid-1".into());
+        let spec = RpcServiceSpec {
+            type_: ServiceType::NodePort,
+        };
+        let mut svc = rpc_service(&n, &spec, 1);
+        svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(31001);
+        svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[1].node_port = Some(31002);
+        // No spec.service: nothing, whatever exists.
+        assert_eq!(rpc_access(&n, Some(&svc)), None);
+        n.spec.service = Some(spec);
+        // Not (yet) there: nothing.
+        assert_eq!(rpc_access(&n, None), None);
+        let want = RpcAccess {
+            service: "net-rpc".into(),
+            port: 18443,
+            node_port: Some(31001),
+            credentials_secret: "net".into(),
+            node: Some(1),
+        };
+        assert_eq!(rpc_access(&n, Some(&svc)), Some(want.clone()));
+        // The credentials Secret the user named.
+        n.spec.secret = Some("mine".into());
+        assert_eq!(
+            rpc_access(&n, Some(&svc)).unwrap().credentials_secret,
+            "mine"
+        );
+        n.spec.secret = None;
+        // ClusterIP: no node port, even while the live one still has it.
+        n.spec.service = Some(RpcServiceSpec {
+            type_: ServiceType::ClusterIP,
+        });
+        assert_eq!(
+            rpc_access(&n, Some(&svc)),
+            Some(RpcAccess {
+                node_port: None,
+                ..want
+            })
+        );
+        // Someone else's Service of that name: nothing.
+        let mut other = n.clone();
+        other.metadata.uid = Some("uid-2".into());
+        svc.metadata.owner_references = Some(vec![owner_reference(&other)]);
+        assert_eq!(rpc_access(&n, Some(&svc)), None);
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! Built only with `--features e2e`; run them with `scripts/test.sh`.
 
+mod access;
 mod harness;
 mod mesh;
 mod node;
@@ -131,6 +132,15 @@ async fn service_account_has_least_privilege() {
         .list(&lp)
         .await
         .expect("list pods");
+    // Services may be deleted (the N-rpc Service when spec.service goes):
+    // a missing one is 404, not 403.
+    match Api::<Service>::namespaced(sa.clone(), "default")
+        .delete("bc-e2e-no-such-service", &DeleteParams::default())
+        .await
+    {
+        Err(kube_client::Error::Api(s)) if s.code == 404 => {}
+        other => panic!("delete a Service: expected 404 (allowed, absent), got {other:?}"),
+    }
     // Secrets only where a namespace granted them (the harness's test
     // namespaces bind bitcoin-controller-secrets, as users do).
     // The API server authorizes from an RBAC cache fed by a watch: a

@@ -26,7 +26,7 @@ const CONF: &str = "-conf=/etc/bitcoin/bitcoin.conf";
 const DATADIR: &str = "-datadir=/data";
 
 /// True on the kubelet lane; otherwise prints why the test does nothing.
-fn real_node(test: &str) -> bool {
+pub(crate) fn real_node(test: &str) -> bool {
     let lane = std::env::var("BC_NODE").unwrap_or_default();
     if lane == "kubelet" {
         true

@@ -73,14 +73,17 @@ of manifests/rbac.yaml's ClusterRole bitcoin-controller.
 - apiGroups: ["bitcoincontroller.christianb93.github.com"]
   resources: ["bitcoinnetworks/status"]
   verbs: ["get", "update", "patch"]
-# Objects a network owns. No delete: the garbage collector removes them
-# through their owner references when the network goes.
+# Objects a network owns. No delete of StatefulSets: the garbage collector
+# removes owned objects through their owner references when the network
+# goes. Services: delete too, for the <name>-rpc Service when spec.service
+# is removed from a network that stays (only a Service the network
+# controls, by uid precondition).
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "update", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 # Pods are only read: readiness and IPs feed the status and the mesh.
 - apiGroups: [""]
   resources: ["pods"]

@@ -756,3 +756,151 @@ fn txindex_config(txindex: Option<bool>) -> crate::api::NodeConfig {
         ..Default::default()
     }
 }
+
+/// `spec.service`: the `N-rpc` Service is created once, routed to node 0
+/// (no node ready yet), shown in status.rpc with its node port once it
+/// exists, not written again at rest, re-routed by one write when node 0
+/// is not ready but node 1 is, and deleted (only the very object seen, by
+/// uid) when `spec.service` is removed.
+#[tokio::test]
+async fn the_rpc_service_follows_spec_service() {
+    use crate::api::{RpcAccess, RpcServiceSpec, ServiceType};
+    let plain = network(2);
+    let mut world = settled(&plain);
+    let mut net = plain.clone();
+    net.spec.service = Some(RpcServiceSpec {
+        type_: ServiceType::NodePort,
+    });
+
+    // Created: one GET (not in the cache), one apply.
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, events) = context(client, &net, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("GET {NS_API}/services/net-rpc"),
+            format!("PATCH {NS_API}/services/net-rpc"),
+            format!("PATCH {NET}/status"),
+        ]
+    );
+    let applied = calls.lock().unwrap()[1].body.clone();
+    assert_eq!(applied["spec"]["type"], "NodePort");
+    assert_eq!(
+        applied["spec"]["selector"][resources::POD_NAME_LABEL],
+        "net-sts-0"
+    );
+    assert_eq!(events.reasons(), ["Created"]);
+    // Not in the cache yet: no status.rpc (its add event brings the
+    // network back).
+    let net = with_written_status(&net, &calls);
+    assert_eq!(net.status.as_ref().unwrap().rpc, None);
+
+    // In the cache, with the node port the API server allocated: status.rpc
+    // says how to connect, and nothing else is written.
+    let mut svc: Service = serde_json::from_value(applied).unwrap();
+    svc.metadata.uid = Some("rpc-uid".into());
+    svc.spec.as_mut().unwrap().ports.as_mut().unwrap()[0].node_port = Some(30123);
+    world.services.push(svc);
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, _) = context(client, &net, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(lines(&calls), [format!("PATCH {NET}/status")]);
+    let net = with_written_status(&net, &calls);
+    assert_eq!(
+        net.status.as_ref().unwrap().rpc,
+        Some(RpcAccess {
+            service: "net-rpc".into(),
+            port: 18443,
+            node_port: Some(30123),
+            credentials_secret: "net".into(),
+            node: Some(0),
+        })
+    );
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, _) = context(client, &net, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(lines(&calls), Vec::<String>::new(), "at rest");
+
+    // Node 1 ready, node 0 not: one write moves the selector (the RPC of
+    // node 1 fails here, nothing listens at its address).
+    let mut moved = world.clone();
+    moved.pods[1].status = Some(
+        serde_json::from_value(json!({
+            "podIP": "127.77.0.2",
+            "conditions": [{"type": "Ready", "status": "True"}],
+        }))
+        .unwrap(),
+    );
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, _) = context(client, &net, &moved);
+    let _ = reconcile(&ctx, &ObjectKey::new("ns", "net")).await;
+    let writes: Vec<Call> = calls
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|c| c.path.ends_with("/services/net-rpc"))
+        .cloned()
+        .collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(
+        writes[0].body["spec"]["selector"][resources::POD_NAME_LABEL],
+        "net-sts-1"
+    );
+
+    // spec.service removed: one DELETE of that very Service (by uid), and
+    // status.rpc goes.
+    let mut removed = net.clone();
+    removed.spec.service = None;
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, events) = context(client, &removed, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("DELETE {NS_API}/services/net-rpc"),
+            format!("PATCH {NET}/status"),
+        ]
+    );
+    assert_eq!(
+        calls.lock().unwrap()[0].body["preconditions"]["uid"],
+        "rpc-uid"
+    );
+    assert_eq!(events.reasons(), ["Deleted"]);
+    let removed = with_written_status(&removed, &calls);
+    assert_eq!(removed.status.as_ref().unwrap().rpc, None);
+
+    // A Service of that name the network does not control is never deleted.
+    world.services.last_mut().unwrap().metadata.owner_references = None;
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, _) = context(client, &removed, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(lines(&calls), Vec::<String>::new());
+}
+
+/// A merge patch removes what the new status no longer has (an omitted key
+/// would stay as stored), at any depth; lists are replaced whole.
+#[test]
+fn the_status_patch_nulls_removed_fields() {
+    let table = [
+        (json!(null), json!({"a": 1}), json!({"a": 1})),
+        (
+            json!({"a": 1, "rpc": {"port": 1, "nodePort": 2}}),
+            json!({"a": 1, "rpc": {"port": 1}}),
+            json!({"a": 1, "rpc": {"port": 1, "nodePort": null}}),
+        ),
+        (
+            json!({"a": 1, "rpc": {"port": 1}}),
+            json!({"a": 2}),
+            json!({"a": 2, "rpc": null}),
+        ),
+        (
+            json!({"nodes": [{"x": 1, "y": 2}]}),
+            json!({"nodes": [{"x": 1}]}),
+            json!({"nodes": [{"x": 1}]}),
+        ),
+    ];
+    for (old, new, want) in table {
+        assert_eq!(merge_patch(&old, &new), want, "{old} -> {new}");
+    }
+}
