@@ -157,10 +157,12 @@ async fn sync_node(
         .iter()
         .filter(|w| connected.get(*w).copied().unwrap_or(false))
         .count() as u32;
-    let blocks = rpc.get_blockchain_info(cfg).await?.blocks;
+    let chain = rpc.get_blockchain_info(cfg).await?;
     Ok(NodeReport {
         connected_peers,
-        blocks,
+        blocks: chain.blocks,
+        best_block_hash: chain.bestblockhash,
+        time: chain.time,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod connectivity;
 mod events;
+pub mod mining;
 pub mod problem;
 mod reconcile;
 pub mod resources;

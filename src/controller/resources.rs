@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
 use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
+use crate::controller::mining::MINING_KEY;
 
 /// Label carrying the network name on every object and pod of a network.
 pub const NETWORK_LABEL: &str = "bitcoincontroller.christianb93.github.com/network";
@@ -322,7 +323,12 @@ pub fn config_secret(net: &BitcoinNetwork, bitcoin_conf: &str) -> Secret {
 }
 
 /// The generated credentials Secret, used when `spec.secret` is empty.
-pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> Secret {
+pub fn credentials_secret(
+    net: &BitcoinNetwork,
+    user: &str,
+    password: &str,
+    mining_key: &str,
+) -> Secret {
     Secret {
         metadata: object_meta(net, credentials_secret_name(net)),
         data: Some(BTreeMap::from([
@@ -330,6 +336,10 @@ pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> S
             (
                 PASSWORD_KEY.to_owned(),
                 ByteString(password.as_bytes().to_vec()),
+            ),
+            (
+                MINING_KEY.to_owned(),
+                ByteString(mining_key.as_bytes().to_vec()),
             ),
         ])),
         type_: Some("Opaque".to_owned()),
@@ -577,7 +587,7 @@ mod tests {
             service(&n).metadata,
             statefulset(&n, "h").metadata,
             config_secret(&n, "x").metadata,
-            credentials_secret(&n, "u", "p").metadata,
+            credentials_secret(&n, "u", "p", "k").metadata,
         ] {
             assert!(is_controlled_by(&meta, &n), "{meta:?}");
             assert_eq!(meta.namespace.as_deref(), Some("ns1"));
@@ -762,7 +772,7 @@ mod tests {
 
     #[test]
     fn secret_values_read_data_and_string_data() {
-        let s = credentials_secret(&net(1), "alice", "pw");
+        let s = credentials_secret(&net(1), "alice", "pw", "key");
         assert_eq!(secret_value(&s, USER_KEY), Some("alice"));
         let s = Secret {
             string_data: Some(BTreeMap::from([(PASSWORD_KEY.into(), "x".into())])),

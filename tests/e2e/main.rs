@@ -9,6 +9,7 @@
 //! Built only with `--features e2e`; run them with `scripts/test.sh`.
 
 mod harness;
+mod mining;
 mod node;
 mod ops;
 mod options;

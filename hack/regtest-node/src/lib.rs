@@ -70,6 +70,9 @@ pub(crate) struct Shared {
     tasks: TaskTracker,
     /// Connection slots for added nodes (Core's MAX_ADDNODE_CONNECTIONS).
     addnode_slots: Arc<Semaphore>,
+    /// Core's network activity switch (RPC `setnetworkactive`): while false
+    /// no peer connection is made, accepted or kept.
+    network_active: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -93,6 +96,7 @@ impl Shared {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             addnode_slots: Arc::new(Semaphore::new(net::MAX_ADDNODE_CONNECTIONS)),
+            network_active: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }
