@@ -554,7 +554,8 @@ async fn synced_flips_when_a_node_is_cut_off_and_back() {
 /// The API server refuses mining fields that cannot work, with a message
 /// naming the field; a network with a user's Secret that has no mining key
 /// and no address is Degraded (MiningKeyMissing, one Warning Event) until
-/// an address is set.
+/// an address is set; a generated Secret without a mining key (from before
+/// mining) gets one when mining is turned on.
 #[tokio::test]
 async fn mining_fields_are_checked() {
     let admin = admin_client().await;
@@ -698,5 +699,39 @@ async fn mining_fields_are_checked() {
         .map(|e| e.count.unwrap_or(1))
         .collect();
     assert_eq!(counts, vec![1], "one Warning Event for the missing key");
+
+    // A generated Secret from before mining existed (no BC_MINING_KEY):
+    // turning mining on gives it a key, whose address the blocks pay.
+    create_network(&admin, &ns.name, "older", 1).await;
+    wait_for_status(
+        &admin,
+        &ns.name,
+        "older",
+        "Ready",
+        has_condition("Ready", "True"),
+    )
+    .await;
+    secrets
+        .patch(
+            "older",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"data": {MINING_KEY: null}})),
+        )
+        .await
+        .unwrap();
+    api.patch(
+        "older",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"mining": {"initialBlocks": 2}}})),
+    )
+    .await
+    .unwrap();
+    kubectl_wait_ready(&ns.name, "older", "120s");
+    let status = api.get("older").await.unwrap().status.unwrap();
+    let secret = secrets.get("older").await.unwrap();
+    let key = secret_value(&secret, MINING_KEY).expect("a mining key added to the older Secret");
+    assert_eq!(status.mining.unwrap().address, address_of_key(key).unwrap());
+    assert_eq!(status.height, Some(2));
+    wait_for_event(&admin, &ns.name, "older", "Normal", "MiningKeyCreated").await;
     ns.delete().await;
 }
