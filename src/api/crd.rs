@@ -3,8 +3,9 @@
 //! deserializes. `manifests/crd.yaml` is this output (CI checks for drift).
 
 use super::{
-    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, KIND, MAX_EXTRA_LINES,
-    MAX_EXTRA_LINE_LENGTH, MAX_NODES, MAX_PARTITIONS, PLURAL, VERSION,
+    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, INTERVAL_PATTERN, KIND,
+    MAX_EXTRA_LINES, MAX_EXTRA_LINE_LENGTH, MAX_NODES, MAX_PARTITIONS, PLURAL,
+    REGTEST_ADDRESS_PATTERN, VERSION,
 };
 use crate::bitcoin::{OWNED_KEYS, TYPED_KEYS};
 #[cfg(doc)]
@@ -150,6 +151,19 @@ pub fn crd() -> CustomResourceDefinition {
     let mut status = schema_of::<BitcoinNetworkStatus>();
     status["properties"]["partitions"]["items"]["properties"]["nodes"]["items"]["description"] =
         json!("A node ordinal.");
+    let mining = &mut spec["properties"]["mining"]["properties"];
+    mining["address"]["x-kubernetes-validations"] = json!([{
+        "rule": format!("self.matches('{REGTEST_ADDRESS_PATTERN}')"),
+        "message": "spec.mining.address must be a regtest address: bcrt1... (bech32, \
+                    lowercase), or m..., n... or 2... (base58)",
+    }]);
+    mining["interval"]["x-kubernetes-validations"] = json!([{
+        "rule": format!(
+            "self.matches('{INTERVAL_PATTERN}') && duration(self) >= duration('1s')"
+        ),
+        "message": "spec.mining.interval must be a duration of at least 1s in hours, minutes \
+                    and seconds, such as 30s, 5m or 1h30m",
+    }]);
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "description": "A private Bitcoin regtest network managed by bitcoin-controller.",
@@ -229,8 +243,8 @@ pub fn crd() -> CustomResourceDefinition {
                     column(
                         "Blocks",
                         "integer",
-                        ".status.nodes[0].blocks",
-                        "Block height node 0 last reported",
+                        ".status.height",
+                        "Height of the mining node's chain (status.height)",
                     ),
                     column(
                         "Status",
@@ -327,7 +341,7 @@ mod tests {
             [
                 ("Nodes", ".spec.nodes"),
                 ("Ready", ".status.readyNodes"),
-                ("Blocks", ".status.nodes[0].blocks"),
+                ("Blocks", ".status.height"),
                 ("Status", ".status.conditions[?(@.type==\"Ready\")].reason"),
                 ("Age", ".metadata.creationTimestamp"),
             ]

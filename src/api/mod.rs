@@ -9,7 +9,7 @@ mod crd;
 pub use crd::crd;
 
 use k8s_openapi::api::core::v1::ResourceRequirements;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +151,57 @@ pub struct BitcoinNetworkSpec {
     /// Service (the headless `<name>-svc` still names every node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<RpcServiceSpec>,
+    /// Blocks the controller mines: up to a height, then one every
+    /// interval. Absent: the controller mines nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mining: Option<MiningSpec>,
+}
+
+/// Upper bound on `spec.mining.initialBlocks`, enforced by the CRD schema.
+pub const MAX_INITIAL_BLOCKS: i64 = 100_000;
+
+/// Pattern of a regtest address in `spec.mining.address`: bech32 with the
+/// `bcrt` prefix (lowercase), or base58 starting with m, n (P2PKH) or 2
+/// (P2SH). The controller checks the checksum.
+pub const REGTEST_ADDRESS_PATTERN: &str =
+    "^(bcrt1[02-9ac-hj-np-z]{8,87}|[mn2][1-9A-HJ-NP-Za-km-z]{25,34})$";
+
+/// Pattern of `spec.mining.interval`: hours, minutes and seconds, e.g.
+/// `30s`, `5m`, `1h30m` (a Go duration without fractions or smaller units).
+pub const INTERVAL_PATTERN: &str = "^([0-9]+[hms])+$";
+
+/// What the controller mines (`spec.mining`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MiningSpec {
+    /// Mine until the mining node's active chain is at least this high
+    /// (101 makes the first block reward spendable). A level, not a count:
+    /// blocks already on the chain, whoever mined them, count. Ready waits
+    /// for it. Absent: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_INITIAL_BLOCKS))]
+    pub initial_blocks: Option<i64>,
+    /// Then mine one block whenever the newest block on the chain is this
+    /// old (hours, minutes, seconds, e.g. 30s, 5m, 1h30m; at least 1s). The
+    /// time comes from the chain's tip, so a controller restart or a new
+    /// leader neither skips nor repeats a block. Absent: no periodic
+    /// mining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub interval: Option<String>,
+    /// Regtest address the block rewards go to (bcrt1..., m..., n... or
+    /// 2...). Absent: an address of a key the controller generates per
+    /// network and keeps in the generated credentials Secret (key
+    /// BC_MINING_KEY, WIF); with spec.secret that Secret must hold
+    /// BC_MINING_KEY, else the network is Degraded (MiningKeyMissing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 90))]
+    pub address: Option<String>,
+    /// Ordinal of the node that mines. Absent: 0. When that node is not
+    /// ready (or not part of the network), the lowest ready ordinal mines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 99))]
+    pub node: Option<i32>,
 }
 
 /// `spec.service`: how apps reach the network.
@@ -245,9 +296,14 @@ pub struct BitcoinNetworkStatus {
     /// subresource and autoscalers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
-    /// `Ready` (every node ready and connected), `Progressing` (nodes are
-    /// starting, stopping or connecting) and `Degraded` (something needs the
-    /// user: a missing Secret, a name conflict, nodes that do not answer).
+    /// `Ready` (the network is usable: every node ready, connected and
+    /// Synced, and the height at least spec.mining.initialBlocks; wait for
+    /// it with `kubectl wait --for=condition=Ready bitcoinnetwork/NAME`),
+    /// `Synced` (every ready node reports the same best block),
+    /// `Progressing` (nodes are starting, stopping, connecting, syncing or
+    /// blocks are being mined) and `Degraded` (something needs the user: a
+    /// missing Secret, a name conflict, nodes that do not answer, mining
+    /// that fails).
     /// The reason of `Degraded` names the problem (e.g. SecretNotFound,
     /// SecretAccessDenied, ResourceConflict, NodeSyncFailed) and its message
     /// says what to do; `kubectl describe` shows the matching Events.
@@ -263,6 +319,16 @@ pub struct BitcoinNetworkStatus {
     /// user and password (keys BC_RPC_USER, BC_RPC_PASSWORD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpc: Option<RpcAccess>,
+    /// Height of the mining node's active chain (spec.mining.node, or the
+    /// lowest ready ordinal), as it reported at the last reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i64>,
+    /// Hash of the mining node's best block.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_block_hash: Option<String>,
+    /// What the controller mines, with spec.mining.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mining: Option<MiningStatus>,
 }
 
 /// The chain of one group of a partitioned network.
@@ -298,10 +364,31 @@ pub struct RpcAccess {
     pub node: Option<i32>,
 }
 
+/// Mining by the controller (`status.mining`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MiningStatus {
+    /// The address block rewards go to: spec.mining.address, or the
+    /// address of the generated key (BC_MINING_KEY in the credentials
+    /// Secret).
+    pub address: String,
+    /// Time of the newest block on the mining node's chain (its header
+    /// time, whoever mined it); with spec.mining.interval the next block is
+    /// due at this time plus the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_block_time: Option<Time>,
+    /// Blocks the controller has mined for this network, as recorded with
+    /// its status writes (a block mined by a controller that stopped before
+    /// writing the status is on the chain but not counted).
+    #[serde(default)]
+    pub blocks_mined: i64,
+}
+
 /// Condition types of a network.
 pub const CONDITION_READY: &str = "Ready";
 pub const CONDITION_PROGRESSING: &str = "Progressing";
 pub const CONDITION_DEGRADED: &str = "Degraded";
+pub const CONDITION_SYNCED: &str = "Synced";
 
 /// One bitcoind node of a network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -327,6 +414,9 @@ pub struct BitcoinNetworkNode {
     /// Block height the node last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocks: Option<i64>,
+    /// Hash of the best block the node last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_block_hash: Option<String>,
 }
 
 #[cfg(test)]
@@ -364,9 +454,7 @@ mod tests {
             ready_nodes: 1,
             observed_generation: Some(2),
             selector: None,
-            conditions: vec![],
-            partitions: None,
-            rpc: None,
+            ..Default::default()
         };
         let v = serde_json::to_value(&status).unwrap();
         let node = &v["nodes"][0];

@@ -179,6 +179,12 @@ pub struct BlockchainInfo {
     pub headers: u64,
     /// Hash of the best block.
     pub bestblockhash: String,
+    /// Header time of the best block (UNIX seconds; Core 23 and later).
+    #[serde(default)]
+    pub time: u64,
+    /// Median time of the last 11 blocks (UNIX seconds).
+    #[serde(default)]
+    pub mediantime: u64,
 }
 
 /// The JSON-RPC 1.0 answer: either `result` or `error` is set.
@@ -277,16 +283,27 @@ impl RpcClient {
         method: &str,
         params: Vec<Value>,
     ) -> Result<Value, RpcError> {
+        self.request_with(cfg, method, params, None).await
+    }
+
+    async fn request_with(
+        &self,
+        cfg: &RpcConfig,
+        method: &str,
+        params: Vec<Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, RpcError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let envelope = json!({"jsonrpc": "1.0", "id": id, "method": method, "params": params});
-        let response = self
+        let mut request = self
             .http
             .post(cfg.url())
             .basic_auth(&cfg.user, Some(&cfg.password))
-            .json(&envelope)
-            .send()
-            .await
-            .map_err(RpcError::from_reqwest)?;
+            .json(&envelope);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let response = request.send().await.map_err(RpcError::from_reqwest)?;
         let status = response.status();
         if status == reqwest::StatusCode::UNAUTHORIZED {
             return Err(RpcError::Unauthorized);
@@ -383,6 +400,34 @@ impl RpcClient {
     /// `getblockchaininfo`.
     pub async fn get_blockchain_info(&self, cfg: &RpcConfig) -> Result<BlockchainInfo, RpcError> {
         self.call(cfg, "getblockchaininfo", vec![]).await
+    }
+
+    /// `generatetoaddress <blocks> <address>`: the hashes of the blocks
+    /// mined. Mining many blocks takes longer than other calls, so this
+    /// call may take up to `timeout` instead of the client's request
+    /// timeout.
+    pub async fn generate_to_address(
+        &self,
+        cfg: &RpcConfig,
+        blocks: u64,
+        address: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, RpcError> {
+        let method = "generatetoaddress";
+        let started = std::time::Instant::now();
+        let result = self
+            .request_with(
+                cfg,
+                method,
+                vec![json!(blocks), json!(address)],
+                Some(timeout),
+            )
+            .await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = result.as_ref().map_or_else(RpcError::kind, |_| "success");
+            metrics.observe(method, outcome, started.elapsed());
+        }
+        serde_json::from_value(result?).map_err(|e| RpcError::Decode(format!("{method}: {e}")))
     }
 }
 
@@ -544,8 +589,16 @@ mod tests {
             ("getblockchaininfo", _) => ok(json!({
                 "chain": "regtest", "blocks": 101, "headers": 101,
                 "bestblockhash": "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
-                "difficulty": 4.6e-10, "initialblockdownload": false
+                "difficulty": 4.6e-10, "time": 1296688602, "mediantime": 1296688602,
+                "initialblockdownload": false
             })),
+            ("generatetoaddress", Some("bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080")) => {
+                ok(json!(vec![
+                    "00ab";
+                    b["params"][0].as_u64().unwrap() as usize
+                ]))
+            }
+            ("generatetoaddress", _) => err(500, -5, "Error: Invalid address"),
             _ => err(404, -32601, "Method not found"),
         }
     }
@@ -596,8 +649,20 @@ mod tests {
                 headers: 101,
                 bestblockhash: "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206"
                     .into(),
+                time: 1_296_688_602,
+                mediantime: 1_296_688_602,
             }
         );
+        let regtest = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        let long = Duration::from_secs(30);
+        assert_eq!(
+            c.generate_to_address(&cfg, 2, regtest, long).await.unwrap(),
+            vec!["00ab".to_owned(), "00ab".to_owned()]
+        );
+        assert!(matches!(
+            c.generate_to_address(&cfg, 1, "x", long).await,
+            Err(RpcError::Rpc { code: -5, .. })
+        ));
         assert_eq!(
             c.get_network_info(&cfg).await.unwrap(),
             NetworkInfo {

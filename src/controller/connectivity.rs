@@ -263,6 +263,7 @@ async fn sync_node(
         connected_peers,
         blocks: chain.blocks,
         best_block_hash: chain.bestblockhash,
+        time: chain.time,
     })
 }
 

@@ -3,6 +3,7 @@
 
 pub mod connectivity;
 mod events;
+pub mod mining;
 pub mod partition;
 pub mod problem;
 mod reconcile;

@@ -25,6 +25,11 @@ pub enum Reason {
     InvalidSpec,
     /// Ready nodes did not answer RPC.
     NodeSyncFailed,
+    /// `spec.mining` has no address and the user's Secret (`spec.secret`)
+    /// has no mining key.
+    MiningKeyMissing,
+    /// `generatetoaddress` failed on the mining node.
+    MiningFailed,
 }
 
 /// What the worker does after a reconcile reported a problem.
@@ -49,6 +54,8 @@ impl Reason {
             Reason::PodCreationFailed => "PodCreationFailed",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::NodeSyncFailed => "NodeSyncFailed",
+            Reason::MiningKeyMissing => "MiningKeyMissing",
+            Reason::MiningFailed => "MiningFailed",
         }
     }
 
@@ -57,14 +64,16 @@ impl Reason {
             Reason::SecretNotFound
             | Reason::SecretInvalid
             | Reason::SecretAccessDenied
-            | Reason::InvalidSpec => Retry::OnChange,
+            | Reason::InvalidSpec
+            | Reason::MiningKeyMissing => Retry::OnChange,
             // Foreign objects are outside the label-scoped caches, so their
             // removal brings no event; rejections and failing pods and nodes
             // may clear by themselves.
             Reason::ResourceConflict
             | Reason::ApplyRejected
             | Reason::PodCreationFailed
-            | Reason::NodeSyncFailed => Retry::Backoff,
+            | Reason::NodeSyncFailed
+            | Reason::MiningFailed => Retry::Backoff,
         }
     }
 }
@@ -130,7 +139,7 @@ pub const PANIC_LABEL: &str = "Panic";
 impl Error {
     /// Every `reason` label of the error metric: present (at 0) from the
     /// start, so rates and alerts work before the first error.
-    pub const METRIC_LABELS: [&'static str; 12] = [
+    pub const METRIC_LABELS: [&'static str; 14] = [
         Reason::SecretNotFound.as_str(),
         Reason::SecretInvalid.as_str(),
         Reason::SecretAccessDenied.as_str(),
@@ -139,6 +148,8 @@ impl Error {
         Reason::PodCreationFailed.as_str(),
         Reason::InvalidSpec.as_str(),
         Reason::NodeSyncFailed.as_str(),
+        Reason::MiningKeyMissing.as_str(),
+        Reason::MiningFailed.as_str(),
         "KubeApi",
         "CacheNotSynced",
         "Stale",
@@ -237,6 +248,8 @@ mod tests {
             (ApplyRejected, "ApplyRejected", Retry::Backoff),
             (PodCreationFailed, "PodCreationFailed", Retry::Backoff),
             (NodeSyncFailed, "NodeSyncFailed", Retry::Backoff),
+            (MiningKeyMissing, "MiningKeyMissing", Retry::OnChange),
+            (MiningFailed, "MiningFailed", Retry::Backoff),
         ] {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.retry(), retry, "{name}");

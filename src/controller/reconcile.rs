@@ -31,12 +31,13 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::api::{BitcoinNetwork, CONDITION_DEGRADED};
+use crate::api::{BitcoinNetwork, MiningStatus, CONDITION_DEGRADED, CONDITION_SYNCED};
 use crate::bitcoin::{
     derived_salt, is_valid_rpc_user, node_option_lines, random_password, render_bitcoin_conf,
-    rpcauth,
+    rpcauth, RpcConfig, RPC_PORT,
 };
 use crate::controller::connectivity::{self, Endpoint};
+use crate::controller::mining::{self, Plan, MINING_KEY};
 use crate::controller::partition;
 use crate::controller::problem::{
     describe, is_rejection, status_code, Error, Problem, Reason, Retry,
@@ -63,10 +64,24 @@ pub enum Action {
     RequeueAfter(Duration),
 }
 
-/// RPC credentials of a network (never logged: no Debug).
+/// How long one `generatetoaddress` call may take (hundreds of blocks on
+/// Bitcoin Core take seconds).
+const GENERATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a reconcile that mined waits for the other nodes to have the
+/// new block, so that the status it writes shows them synced (one write
+/// per mined block, not a Synced=False write and then a Synced=True one).
+const PROPAGATION_WAIT: Duration = Duration::from_secs(3);
+
+/// RPC credentials of a network, and the mining key of its credentials
+/// Secret (never logged: no Debug).
 struct Credentials {
     user: String,
     password: String,
+    /// `BC_MINING_KEY` (WIF), if the Secret has one.
+    mining_key: Option<String>,
+    /// The Secret's resourceVersion, the precondition of adding a mining
+    /// key to it.
+    secret_version: Option<String>,
 }
 
 /// Reconciles the network `key`.
@@ -87,7 +102,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         net.metadata.resource_version.as_deref().unwrap_or_default()
     );
     let pods = network_pods(ctx, &net);
-    let (mesh, problem) = match converge(ctx, &net, &pods).await {
+    let (mut mesh, mut problem) = match converge(ctx, &net, &pods).await {
         Ok(mesh) => {
             let problem = mesh.problem();
             (mesh, problem)
@@ -95,15 +110,32 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         Err(Error::Problem(problem)) => (Mesh::default(), Some(problem)),
         Err(err) => return Err(err),
     };
+    let mined = mine(ctx, &net, &pods, &mut mesh).await;
+    problem = problem.or(mined.problem);
 
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let nodes = status::nodes(&net, pods.iter().map(AsRef::as_ref), &mesh.reports);
     let groups = partition::groups(&net.spec.partitions, net.spec.nodes);
     let partitions = partition::status(&groups, &nodes, &mesh.reports);
+    let mining = mined.address.map(|address| {
+        let miner = mining::network_mining_node(&net, &nodes)
+            .and_then(|o| nodes.iter().find(|n| n.ordinal == o))
+            .and_then(|n| mesh.reports.get(&n.pod_name));
+        let previous = net.status.as_ref().and_then(|s| s.mining.as_ref());
+        MiningStatus {
+            last_block_time: miner
+                .and_then(|r| k8s_openapi::jiff::Timestamp::from_second(r.time as i64).ok())
+                .map(Time)
+                .or_else(|| previous.and_then(|p| p.last_block_time.clone())),
+            blocks_mined: previous.map_or(0, |p| p.blocks_mined) + mined.blocks as i64,
+            address,
+        }
+    });
     let mut status = status::compute(
         &net,
         nodes,
         mesh.complete,
+        mining,
         problem.as_ref(),
         net.status.as_ref(),
         &now,
@@ -113,6 +145,10 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         .services
         .get(&key.namespace, &resources::rpc_service_name(&net));
     status.rpc = status::rpc_access(&net, rpc_service.as_deref());
+    let synced = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_SYNCED && c.status == "True");
     if net.status.as_ref() != Some(&status) {
         let api: Api<BitcoinNetwork> = Api::namespaced(ctx.client.clone(), &key.namespace);
         // The resourceVersion makes the write fail (409) if the network
@@ -155,10 +191,12 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
     }
 
     let Some(problem) = problem else {
-        return Ok(if mesh.complete {
-            Action::Done
-        } else {
-            Action::RequeueAfter(MESH_POLL)
+        // Look again soon while the mesh forms or nodes catch up, and when
+        // the next block is due.
+        let forming = (!mesh.complete || !synced).then_some(MESH_POLL);
+        return Ok(match forming.into_iter().chain(mined.look_again).min() {
+            Some(after) => Action::RequeueAfter(after),
+            None => Action::Done,
         });
     };
     // One Warning Event and one log line per problem, not one per retry.
@@ -232,6 +270,11 @@ fn network_pods(ctx: &Context, net: &BitcoinNetwork) -> Vec<Arc<Pod>> {
 #[derive(Default)]
 struct Mesh {
     reports: HashMap<String, NodeReport>,
+    /// The credentials the nodes were reached with.
+    creds: Option<Credentials>,
+    /// Where mined blocks go, with `spec.mining`: the address, or why
+    /// there is none.
+    mining_address: Option<Result<String, Problem>>,
     /// Every ready node has all others added and is fully connected.
     complete: bool,
     /// Nodes that did not sync and are still wanted, with the error.
@@ -297,13 +340,21 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
     if let Some(uid) = sts_uid {
         pod_creation(ctx, net, pods, &uid).await?;
     }
-    Ok(mesh(ctx, net, pods, &creds).await)
+    let mut mesh = mesh(ctx, net, pods, &creds).await;
+    mesh.mining_address = match net.spec.mining {
+        Some(_) => Some(mining_address(ctx, net, &creds).await?),
+        None => None,
+    };
+    mesh.creds = Some(creds);
+    Ok(mesh)
 }
 
 /// The Service apps connect to: applied while `spec.service` asks for it,
-/// routed to the serving node ([`resources::serving_node`]); deleted when
+/// routed to the mining node ([`mining::network_mining_node`]: one node,
+/// because a wallet, the mempool and the `addnode` list are per node, so
+/// `createwallet` then `getbalance` must reach the same node); deleted when
 /// `spec.service` is removed. Its selector changes (one write) only when
-/// the serving node does; with no node ready it names the wanted one.
+/// the mining node does; with no node ready it names the preferred one.
 /// The Service is found in the cache only: it carries the managed-by
 /// label like every owned object, and its events reach the network through
 /// its owner reference, so a Service the cache has not seen yet is
@@ -318,21 +369,10 @@ async fn expose(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Resul
             None => Ok(()),
         };
     };
-    let wanted = wanted_serving_node(net);
-    let ready: Vec<i32> = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new())
-        .into_iter()
-        .filter(|n| n.ready && n.ordinal < net.spec.nodes)
-        .map(|n| n.ordinal)
-        .collect();
-    let node = resources::serving_node(wanted, &ready).unwrap_or(wanted.unwrap_or(0));
+    let nodes = status::nodes(net, pods.iter().map(AsRef::as_ref), &HashMap::new());
+    let node = mining::network_mining_node(net, &nodes).unwrap_or(mining::preferred_node(net));
     ensure(ctx, net, cached, resources::rpc_service(net, spec, node)).await?;
     Ok(())
-}
-
-/// The node the network wants apps served by: the mining node once the
-/// spec names one; none (node 0) until then.
-fn wanted_serving_node(_net: &BitcoinNetwork) -> Option<i32> {
-    None
 }
 
 /// Deletes `obj`, an object the network controls, on the condition that it
@@ -520,15 +560,21 @@ async fn credentials(
             // foreign one) must not get a new password; a conflict says so.
             let user = format!("rpc-{}", &random_password()[..8].to_lowercase());
             let password = random_password();
+            let mining_key = mining::new_mining_key();
             let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-            let secret = resources::credentials_secret(net, &user, &password);
+            let secret = resources::credentials_secret(net, &user, &password, &mining_key);
             match api.create(&PostParams::default(), &secret).await {
-                Ok(_) => {
+                Ok(created) => {
                     let message = format!("created RPC credentials Secret {name}");
                     log::info!("{ns}/{}: {message}", net.name());
                     ctx.recorder
                         .publish(net, EventType::Normal, "SecretCreated", message);
-                    return Ok(Credentials { user, password });
+                    return Ok(Credentials {
+                        user,
+                        password,
+                        mining_key: Some(mining_key),
+                        secret_version: created.metadata.resource_version,
+                    });
                 }
                 Err(e) if status_code(&e) == Some(409) => {
                     match live::<Secret>(ctx, ns, &name, None).await? {
@@ -566,6 +612,8 @@ async fn credentials(
             Ok(Credentials {
                 user: user.to_owned(),
                 password: password.to_owned(),
+                mining_key: secret_value(&secret, MINING_KEY).map(str::to_owned),
+                secret_version: secret.metadata.resource_version.clone(),
             })
         }
         _ => Err(Error::Problem(Problem::new(
@@ -786,6 +834,267 @@ fn still_wanted(ctx: &Context, net: &BitcoinNetwork, pod_name: &str, ip: &str) -
             && pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip)
             && status::ordinal(net, pod_name).is_some_and(|o| o < desired)
     })
+}
+
+/// The address mined blocks go to: `spec.mining.address`, else the
+/// address of the credentials Secret's mining key. A generated Secret
+/// without one (made before mining existed) gets one, written with its
+/// resourceVersion as precondition so that two controllers cannot give it
+/// two keys; a user's Secret (`spec.secret`) is never written.
+async fn mining_address(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    creds: &Credentials,
+) -> Result<Result<String, Problem>, Error> {
+    let spec = net.spec.mining.as_ref();
+    if let Some(address) = spec.and_then(|m| m.address.as_deref()) {
+        return Ok(mining::check_address(address)
+            .map(|()| address.to_owned())
+            .map_err(|e| {
+                Problem::new(
+                    Reason::InvalidSpec,
+                    format!("spec.mining.address {address} is not a valid regtest address: {e}"),
+                )
+            }));
+    }
+    let name = resources::credentials_secret_name(net);
+    if let Some(key) = &creds.mining_key {
+        return Ok(mining::address_of_key(key).map_err(|e| {
+            Problem::new(
+                Reason::SecretInvalid,
+                format!(
+                    "{MINING_KEY} in Secret {name} {e}; set spec.mining.address or a regtest \
+                     private key in WIF"
+                ),
+            )
+        }));
+    }
+    if !resources::generates_credentials(net) {
+        return Ok(Err(Problem::new(
+            Reason::MiningKeyMissing,
+            format!(
+                "spec.mining.address is not set and Secret {name} (spec.secret) has no \
+                 {MINING_KEY}: set spec.mining.address to a regtest address, or add \
+                 {MINING_KEY} (a regtest private key in WIF) to the Secret"
+            ),
+        )));
+    }
+    let key = mining::new_mining_key();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), net.namespace());
+    let patch = json!({
+        "metadata": {"resourceVersion": creds.secret_version},
+        "stringData": {MINING_KEY: key},
+    });
+    match api
+        .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if status_code(&e) == Some(409) => {
+            return Err(Error::Stale(format!(
+                "Secret {name} changed while a mining key was added to it"
+            )))
+        }
+        Err(e) if is_rejection(&e) => {
+            return Ok(Err(Problem::new(
+                Reason::ApplyRejected,
+                format!(
+                    "the API server refused {MINING_KEY} in Secret {name}: {}",
+                    describe(&e)
+                ),
+            )))
+        }
+        Err(e) => {
+            return Err(Error::kube(
+                format!("adding {MINING_KEY} to Secret {name}"),
+                e,
+            ))
+        }
+    }
+    let message = format!("added a mining key ({MINING_KEY}) to Secret {name}");
+    log::info!("{}/{}: {message}", net.namespace(), net.name());
+    ctx.recorder
+        .publish(net, EventType::Normal, "MiningKeyCreated", message);
+    Ok(mining::address_of_key(&key).map_err(|e| Problem::new(Reason::SecretInvalid, e)))
+}
+
+/// What the mining step did.
+#[derive(Default)]
+struct Mined {
+    /// Where blocks go (with `spec.mining` and a usable address).
+    address: Option<String>,
+    /// Blocks mined in this reconcile.
+    blocks: u64,
+    /// When the next block is due, or more blocks are to be mined.
+    look_again: Option<Duration>,
+    problem: Option<Problem>,
+}
+
+/// The mining step: [`mining::decide`] on what the nodes reported, then one
+/// `generatetoaddress` call on the mining node when blocks are due, and the
+/// nodes' reports read again once they have the new tip.
+async fn mine(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], mesh: &mut Mesh) -> Mined {
+    let (Some(spec), Some(address)) = (&net.spec.mining, &mesh.mining_address) else {
+        return Mined::default();
+    };
+    let address = match address {
+        Ok(address) => address.clone(),
+        Err(problem) => {
+            return Mined {
+                problem: Some(problem.clone()),
+                ..Mined::default()
+            }
+        }
+    };
+    let mut mined = Mined {
+        address: Some(address.clone()),
+        ..Mined::default()
+    };
+    let plan = match Plan::of(spec) {
+        Ok(plan) => plan,
+        Err(message) => {
+            mined.problem = Some(Problem::new(Reason::InvalidSpec, message));
+            return mined;
+        }
+    };
+    let Some(creds) = &mesh.creds else {
+        return mined;
+    };
+    let all = status::nodes(net, pods.iter().map(AsRef::as_ref), &mesh.reports);
+    // With spec.partitions the mining node mines in its own group: only
+    // that group's chains count, and only its nodes can get the block.
+    let groups = partition::groups(&net.spec.partitions, net.spec.nodes);
+    let mining_node = mining::network_mining_node(net, &all);
+    let group = mining_node.map(|o| partition::group_of(&groups, o));
+    let nodes: Vec<_> = all
+        .into_iter()
+        .filter(|n| Some(partition::group_of(&groups, n.ordinal)) == group)
+        .collect();
+    let miner = nodes
+        .iter()
+        .find(|n| Some(n.ordinal) == mining_node)
+        .filter(|n| mesh.reports.contains_key(&n.pod_name));
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let observed = mining::Observed {
+        miner: miner.map(|n| {
+            let r = &mesh.reports[&n.pod_name];
+            mining::Tip {
+                height: r.blocks,
+                time: r.time,
+            }
+        }),
+        best_height: nodes
+            .iter()
+            .filter_map(|n| mesh.reports.get(&n.pod_name))
+            .map(|r| r.blocks)
+            .max()
+            .unwrap_or(0),
+        now_ms,
+    };
+    let decision = mining::decide(&plan, &observed);
+    mined.look_again = decision.look_again;
+    let Some(miner) = miner.filter(|_| decision.mine > 0) else {
+        return mined;
+    };
+    let key = format!("{}/{}", net.namespace(), net.name());
+    let cfg = rpc_config(&miner.ip, creds);
+    let hashes = match ctx
+        .rpc
+        .generate_to_address(&cfg, decision.mine, &address, GENERATE_TIMEOUT)
+        .await
+    {
+        Ok(hashes) => hashes,
+        Err(e) => {
+            mined.look_again = None;
+            mined.problem = Some(Problem::new(
+                Reason::MiningFailed,
+                format!(
+                    "generatetoaddress {} on {} failed: {e}",
+                    decision.mine, miner.pod_name
+                ),
+            ));
+            return mined;
+        }
+    };
+    mined.blocks = hashes.len() as u64;
+    let height = observed.miner.map_or(0, |t| t.height) + mined.blocks;
+    let message = format!(
+        "mined {} block{} on {} (height {height})",
+        mined.blocks,
+        if mined.blocks == 1 { "" } else { "s" },
+        miner.pod_name
+    );
+    log::info!("{key}: {message}");
+    if decision.mine > 1 {
+        // The initial blocks; a periodic block is shown by the status alone.
+        ctx.recorder
+            .publish(net, EventType::Normal, "BlocksMined", message);
+    }
+    if let Some(tip) = hashes.last() {
+        await_propagation(ctx, net, &nodes, &mut mesh.reports, creds, tip).await;
+    }
+    mined
+}
+
+fn rpc_config(ip: &str, creds: &Credentials) -> RpcConfig {
+    RpcConfig {
+        host: ip.to_owned(),
+        port: RPC_PORT,
+        user: creds.user.clone(),
+        password: creds.password.clone(),
+    }
+}
+
+/// Reads every reporting node's chain again until all have `tip` or
+/// [`PROPAGATION_WAIT`] passed, updating their reports.
+async fn await_propagation(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    nodes: &[crate::api::BitcoinNetworkNode],
+    reports: &mut HashMap<String, NodeReport>,
+    creds: &Credentials,
+    tip: &str,
+) {
+    let started = tokio::time::Instant::now();
+    loop {
+        let reading = nodes
+            .iter()
+            .filter(|n| {
+                reports
+                    .get(&n.pod_name)
+                    .is_some_and(|r| r.best_block_hash != tip)
+            })
+            .map(|n| async move {
+                let info = ctx.rpc.get_blockchain_info(&rpc_config(&n.ip, creds)).await;
+                (n.pod_name.clone(), info)
+            });
+        let readings = futures::future::join_all(reading).await;
+        if readings.is_empty() {
+            return;
+        }
+        for (pod, info) in readings {
+            match (info, reports.get_mut(&pod)) {
+                (Ok(info), Some(report)) => {
+                    report.blocks = info.blocks;
+                    report.best_block_hash = info.bestblockhash;
+                    report.time = info.time;
+                }
+                (Err(e), _) => log::debug!(
+                    "{}/{}: reading the chain of {pod} after mining: {e}",
+                    net.namespace(),
+                    net.name()
+                ),
+                _ => {}
+            }
+        }
+        let behind = reports.values().any(|r| r.best_block_hash != tip);
+        if !behind || started.elapsed() >= PROPAGATION_WAIT {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// How many peers an Event names before it only counts the rest.

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
 use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
+use crate::controller::mining::MINING_KEY;
 
 /// Label carrying the network name on every object and pod of a network.
 pub const NETWORK_LABEL: &str = "bitcoincontroller.christianb93.github.com/network";
@@ -322,20 +323,6 @@ pub fn service(net: &BitcoinNetwork) -> Service {
 /// pod's name: what selects one node.
 pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 
-/// The node the `N-rpc` Service routes to: `wanted` (default 0) while it is
-/// ready, else the lowest ready ordinal; `None` when no node is ready.
-/// One node, not all: a wallet, the mempool and the `addnode` list are
-/// per node, so calls an app makes one after the other (`createwallet`,
-/// then `getbalance`) must reach the same node.
-pub fn serving_node(wanted: Option<i32>, ready: &[i32]) -> Option<i32> {
-    let wanted = wanted.unwrap_or(0);
-    if ready.contains(&wanted) {
-        Some(wanted)
-    } else {
-        ready.iter().copied().min()
-    }
-}
-
 /// The Service apps connect to (`spec.service`): the RPC and P2P ports of
 /// the node with ordinal `node` (selected by its pod name), of the type
 /// `spec.service.type` asks for. With NodePort the API server allocates
@@ -373,7 +360,12 @@ pub fn config_secret(net: &BitcoinNetwork, bitcoin_conf: &str) -> Secret {
 }
 
 /// The generated credentials Secret, used when `spec.secret` is empty.
-pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> Secret {
+pub fn credentials_secret(
+    net: &BitcoinNetwork,
+    user: &str,
+    password: &str,
+    mining_key: &str,
+) -> Secret {
     Secret {
         metadata: object_meta(net, credentials_secret_name(net)),
         data: Some(BTreeMap::from([
@@ -381,6 +373,10 @@ pub fn credentials_secret(net: &BitcoinNetwork, user: &str, password: &str) -> S
             (
                 PASSWORD_KEY.to_owned(),
                 ByteString(password.as_bytes().to_vec()),
+            ),
+            (
+                MINING_KEY.to_owned(),
+                ByteString(mining_key.as_bytes().to_vec()),
             ),
         ])),
         type_: Some("Opaque".to_owned()),
@@ -628,7 +624,7 @@ mod tests {
             service(&n).metadata,
             statefulset(&n, "h").metadata,
             config_secret(&n, "x").metadata,
-            credentials_secret(&n, "u", "p").metadata,
+            credentials_secret(&n, "u", "p", "k").metadata,
         ] {
             assert!(is_controlled_by(&meta, &n), "{meta:?}");
             assert_eq!(meta.namespace.as_deref(), Some("ns1"));
@@ -651,23 +647,6 @@ mod tests {
             .map(|p| (p.name.unwrap(), p.port))
             .collect();
         assert_eq!(ports, vec![("rpc".into(), 18443), ("p2p".into(), 18444)]);
-    }
-
-    #[test]
-    fn serving_node_is_the_wanted_one_while_ready_else_the_lowest_ready() {
-        let table: &[(Option<i32>, &[i32], Option<i32>)] = &[
-            (None, &[0, 1, 2], Some(0)),
-            (None, &[2, 1], Some(1)),
-            (None, &[], None),
-            (Some(2), &[0, 1, 2], Some(2)),
-            (Some(2), &[1, 0], Some(0)),
-            (Some(0), &[3], Some(3)),
-            (Some(7), &[0, 1], Some(0)),
-            (Some(1), &[], None),
-        ];
-        for &(wanted, ready, want) in table {
-            assert_eq!(serving_node(wanted, ready), want, "{wanted:?} {ready:?}");
-        }
     }
 
     #[test]
@@ -898,7 +877,7 @@ mod tests {
 
     #[test]
     fn secret_values_read_data_and_string_data() {
-        let s = credentials_secret(&net(1), "alice", "pw");
+        let s = credentials_secret(&net(1), "alice", "pw", "key");
         assert_eq!(secret_value(&s, USER_KEY), Some("alice"));
         let s = Secret {
             string_data: Some(BTreeMap::from([(PASSWORD_KEY.into(), "x".into())])),

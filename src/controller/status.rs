@@ -8,10 +8,12 @@ use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
-    BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, RpcAccess, ServiceType,
-    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY,
+    BitcoinNetwork, BitcoinNetworkNode, BitcoinNetworkStatus, MiningStatus, RpcAccess, ServiceType,
+    CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CONDITION_SYNCED,
 };
 use crate::bitcoin::RPC_PORT;
+use crate::controller::mining::network_mining_node;
+use crate::controller::partition;
 use crate::controller::problem::Problem;
 use crate::controller::resources::{
     credentials_secret_name, dns_name, is_controlled_by, statefulset_name, NETWORK_LABEL,
@@ -24,6 +26,8 @@ pub struct NodeReport {
     pub connected_peers: u32,
     pub blocks: u64,
     pub best_block_hash: String,
+    /// Header time of the best block (UNIX seconds).
+    pub time: u64,
 }
 
 /// Ordinal of a pod of the network's StatefulSet (`<name>-sts-<ordinal>`).
@@ -105,6 +109,7 @@ pub fn nodes<'a>(
                 connected_peers: report
                     .map(|r| i32::try_from(r.connected_peers).unwrap_or(i32::MAX)),
                 blocks: report.map(|r| i64::try_from(r.blocks).unwrap_or(i64::MAX)),
+                best_block_hash: report.map(|r| r.best_block_hash.clone()),
             })
         })
         .collect();
@@ -144,14 +149,118 @@ pub fn rpc_access(net: &BitcoinNetwork, svc: Option<&Service>) -> Option<RpcAcce
     })
 }
 
+/// How many nodes a condition message names before it only counts them.
+const NODES_NAMED: usize = 5;
+
+fn node_list(names: &[String]) -> String {
+    let named = names[..names.len().min(NODES_NAMED)].join(", ");
+    match names.len() {
+        n if n <= NODES_NAMED => named,
+        n => format!("{named} and {} more", n - NODES_NAMED),
+    }
+}
+
+/// The `Synced` condition: whether every ready node reported the same best
+/// block as its reference, the mining node (`miner`) or else the highest
+/// node; its reason and message. With `groups` (`spec.partitions`) each
+/// group is judged on its own: partitioned nodes are meant to differ.
+pub fn synced(
+    nodes: &[BitcoinNetworkNode],
+    miner: Option<i32>,
+    groups: &[Vec<i32>],
+) -> (bool, &'static str, String) {
+    let ready: Vec<&BitcoinNetworkNode> = nodes.iter().filter(|n| n.ready).collect();
+    let silent: Vec<String> = ready
+        .iter()
+        .filter(|n| n.best_block_hash.is_none())
+        .map(|n| n.pod_name.clone())
+        .collect();
+    if !silent.is_empty() {
+        return (
+            false,
+            "NotReported",
+            format!(
+                "ready nodes did not report their best block: {}",
+                node_list(&silent)
+            ),
+        );
+    }
+    let mut behind = Vec::new();
+    let mut references = Vec::new();
+    for group in 0..groups.len().max(1) {
+        let members: Vec<&BitcoinNetworkNode> = ready
+            .iter()
+            .filter(|n| partition::group_of(groups, n.ordinal) == group)
+            .copied()
+            .collect();
+        let Some(reference) = members
+            .iter()
+            .find(|n| Some(n.ordinal) == miner)
+            .or_else(|| members.iter().max_by_key(|n| n.blocks))
+            .copied()
+        else {
+            continue;
+        };
+        behind.extend(
+            members
+                .iter()
+                .filter(|n| n.best_block_hash != reference.best_block_hash)
+                .map(|n| format!("{} at {}", n.pod_name, n.blocks.unwrap_or_default())),
+        );
+        references.push(reference);
+    }
+    let Some(first) = references.first() else {
+        return (true, "InSync", "no node is ready".to_owned());
+    };
+    match (behind.is_empty(), groups.is_empty()) {
+        (true, true) => (
+            true,
+            "InSync",
+            format!("all {} ready nodes have the same best block", ready.len()),
+        ),
+        (true, false) => (
+            true,
+            "InSync",
+            format!(
+                "the ready nodes of each of the {} groups have their group's best block",
+                references.len()
+            ),
+        ),
+        (false, true) => (
+            false,
+            "TipsDiffer",
+            format!(
+                "{} of {} ready nodes are not at the best block of {} (height {}): {}",
+                behind.len(),
+                ready.len(),
+                first.pod_name,
+                first.blocks.unwrap_or_default(),
+                node_list(&behind)
+            ),
+        ),
+        (false, false) => (
+            false,
+            "TipsDiffer",
+            format!(
+                "{} of {} ready nodes are not at their group's best block: {}",
+                behind.len(),
+                ready.len(),
+                node_list(&behind)
+            ),
+        ),
+    }
+}
+
 /// The full status for a network. `mesh_complete`: every ready node has all
 /// the others added and is as connected as Bitcoin Core will make it.
-/// Conditions keep their `lastTransitionTime` from `previous` while their
-/// status does not change.
+/// `mining`: what the controller mines (with `spec.mining`). Conditions keep
+/// their `lastTransitionTime` from `previous` while their status does not
+/// change.
 pub fn compute(
     net: &BitcoinNetwork,
     nodes: Vec<BitcoinNetworkNode>,
     mesh_complete: bool,
+    mining: Option<MiningStatus>,
     problem: Option<&Problem>,
     previous: Option<&BitcoinNetworkStatus>,
     now: &Time,
@@ -160,7 +269,20 @@ pub fn compute(
     let ready = nodes.iter().filter(|n| n.ready).count() as i32;
     let total = nodes.len() as i32;
     let all_ready = ready == desired && total == desired;
-    let is_ready = problem.is_none() && all_ready && mesh_complete;
+    let miner = network_mining_node(net, &nodes);
+    let tip = nodes.iter().find(|n| Some(n.ordinal) == miner);
+    let height = tip.and_then(|n| n.blocks);
+    let best_block_hash = tip.and_then(|n| n.best_block_hash.clone());
+    let groups = partition::groups(&net.spec.partitions, desired);
+    let (is_synced, synced_reason, synced_message) = synced(&nodes, miner, &groups);
+    let initial_blocks = net
+        .spec
+        .mining
+        .as_ref()
+        .and_then(|m| m.initial_blocks)
+        .unwrap_or(0);
+    let high_enough = initial_blocks <= 0 || height.is_some_and(|h| h >= initial_blocks);
+    let is_ready = problem.is_none() && all_ready && mesh_complete && is_synced && high_enough;
 
     let (ready_reason, ready_message) = match problem {
         Some(p) => (p.reason.as_str(), p.message.clone()),
@@ -173,9 +295,17 @@ pub fn compute(
             "Connecting",
             "nodes are still being connected to each other".to_owned(),
         ),
+        None if !is_synced => (synced_reason, synced_message.clone()),
+        None if !high_enough => (
+            "Mining",
+            match height {
+                Some(h) => format!("height {h} of initialBlocks {initial_blocks}"),
+                None => format!("no ready node to mine the {initial_blocks} initial blocks on"),
+            },
+        ),
         None => (
             "NetworkReady",
-            format!("all {desired} nodes are ready and connected"),
+            format!("all {desired} nodes are ready, connected and synced"),
         ),
     };
     let (progressing_reason, progressing_message) = match problem {
@@ -211,6 +341,9 @@ pub fn compute(
         nodes,
         observed_generation: net.metadata.generation,
         selector: Some(format!("{NETWORK_LABEL}={}", net.name())),
+        height,
+        best_block_hash,
+        mining,
         conditions: vec![
             condition(CONDITION_READY, is_ready, ready_reason, ready_message),
             condition(
@@ -225,6 +358,7 @@ pub fn compute(
                 degraded_reason,
                 degraded_message,
             ),
+            condition(CONDITION_SYNCED, is_synced, synced_reason, synced_message),
         ],
         ..BitcoinNetworkStatus::default()
     }
@@ -348,10 +482,19 @@ mod tests {
             NodeReport {
                 connected_peers: 1,
                 blocks: 101,
-                ..NodeReport::default()
+                best_block_hash: "h101".into(),
+                time: 0,
             },
         )]);
-        let status = compute(&n, nodes(&n, &pods, &reports), true, None, None, &now());
+        let status = compute(
+            &n,
+            nodes(&n, &pods, &reports),
+            true,
+            None,
+            None,
+            None,
+            &now(),
+        );
         assert_eq!(status.ready_nodes, 2);
         assert_eq!(status.observed_generation, Some(4));
         let got: Vec<_> = status
@@ -388,6 +531,7 @@ mod tests {
             true,
             None,
             None,
+            None,
             &now(),
         );
         assert!(status.nodes.is_empty());
@@ -408,86 +552,188 @@ mod tests {
         (c.status.as_str(), c.reason.as_str())
     }
 
-    #[test]
-    fn conditions_table() {
-        let n = net(); // 3 nodes desired
-        let ready3 = [
+    /// Reports of the nodes `pods`, all at `height` with hash `h<height>`.
+    fn at(pods: &[Pod], height: u64) -> HashMap<String, NodeReport> {
+        pods.iter()
+            .map(|p| {
+                (
+                    p.metadata.name.clone().unwrap(),
+                    NodeReport {
+                        connected_peers: 2,
+                        blocks: height,
+                        best_block_hash: format!("h{height}"),
+                        time: 0,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn ready3() -> [Pod; 3] {
+        [
             pod("net-sts-0", Some("127.0.0.2"), true),
             pod("net-sts-1", Some("127.0.0.3"), true),
             pod("net-sts-2", Some("127.0.0.4"), true),
-        ];
+        ]
+    }
+
+    #[test]
+    fn conditions_table() {
+        let ready3 = ready3();
         let problem = Problem::new(
             crate::controller::problem::Reason::SecretNotFound,
             "Secret s not found",
         );
-        let no_reports = HashMap::new();
-        // (pods, mesh complete, problem) -> (Ready, Progressing, Degraded)
+        let synced = at(&ready3, 101);
+        let mut node2_behind = synced.clone();
+        node2_behind.insert(
+            "net-sts-2".into(),
+            at(&ready3[2..], 100)["net-sts-2"].clone(),
+        );
+        let mut node1_silent = synced.clone();
+        node1_silent.remove("net-sts-1");
+        let low = at(&ready3, 50);
+        // (pods, reports, mesh complete, initialBlocks, problem)
+        //   -> (Ready, Synced, Progressing, Degraded)
         type Case<'a> = (
             &'a [Pod],
+            &'a HashMap<String, NodeReport>,
             bool,
+            Option<i64>,
             Option<&'a Problem>,
-            [(&'a str, &'a str); 3],
+            [(&'a str, &'a str); 4],
         );
         let cases: Vec<Case> = vec![
             (
                 &ready3,
+                &synced,
                 true,
+                None,
                 None,
                 [
                     ("True", "NetworkReady"),
+                    ("True", "InSync"),
                     ("False", "Stable"),
                     ("False", "AsExpected"),
                 ],
             ),
             (
                 &ready3,
+                &synced,
+                true,
+                Some(101),
+                None,
+                [
+                    ("True", "NetworkReady"),
+                    ("True", "InSync"),
+                    ("False", "Stable"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3,
+                &low,
+                true,
+                Some(101),
+                None,
+                [
+                    ("False", "Mining"),
+                    ("True", "InSync"),
+                    ("True", "Mining"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3,
+                &node2_behind,
+                true,
+                None,
+                None,
+                [
+                    ("False", "TipsDiffer"),
+                    ("False", "TipsDiffer"),
+                    ("True", "TipsDiffer"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3,
+                &node1_silent,
+                true,
+                None,
+                None,
+                [
+                    ("False", "NotReported"),
+                    ("False", "NotReported"),
+                    ("True", "NotReported"),
+                    ("False", "AsExpected"),
+                ],
+            ),
+            (
+                &ready3,
+                &synced,
                 false,
+                None,
                 None,
                 [
                     ("False", "Connecting"),
+                    ("True", "InSync"),
                     ("True", "Connecting"),
                     ("False", "AsExpected"),
                 ],
             ),
             (
                 &ready3[..2],
+                &synced,
                 true,
+                None,
                 None,
                 [
                     ("False", "Scaling"),
+                    ("True", "InSync"),
                     ("True", "Scaling"),
                     ("False", "AsExpected"),
                 ],
             ),
             (
                 &[],
+                &synced,
                 true,
+                Some(101),
                 Some(&problem),
                 [
                     ("False", "SecretNotFound"),
+                    ("True", "InSync"),
                     ("False", "SecretNotFound"),
                     ("True", "SecretNotFound"),
                 ],
             ),
         ];
-        for (pods, mesh, problem, want) in cases {
+        for (pods, reports, mesh, initial, problem, want) in cases {
+            let mut n = net(); // 3 nodes desired
+            n.spec.mining = initial.map(|i| crate::api::MiningSpec {
+                initial_blocks: Some(i),
+                ..Default::default()
+            });
             let s = compute(
                 &n,
-                nodes(&n, pods, &no_reports),
+                nodes(&n, pods, reports),
                 mesh,
+                None,
                 problem,
                 None,
                 &now(),
             );
             let got = [
                 cond(&s, "Ready"),
+                cond(&s, "Synced"),
                 cond(&s, "Progressing"),
                 cond(&s, "Degraded"),
             ];
             assert_eq!(
                 got,
                 want,
-                "pods {} mesh {mesh} problem {problem:?}",
+                "pods {} mesh {mesh} initialBlocks {initial:?} problem {problem:?}",
                 pods.len()
             );
             assert!(s
@@ -495,18 +741,20 @@ mod tests {
                 .iter()
                 .all(|c| c.observed_generation == Some(4)));
         }
+        let n = net();
         let mut not_ready = ready3.clone();
         not_ready[2] = pod("net-sts-2", None, false);
         let s = compute(
             &n,
-            nodes(&n, &not_ready, &no_reports),
+            nodes(&n, &not_ready, &synced),
             true,
+            None,
             None,
             None,
             &now(),
         );
         assert_eq!(cond(&s, "Ready"), ("False", "NodesNotReady"));
-        let degraded = compute(&n, vec![], true, Some(&problem), None, &now());
+        let degraded = compute(&n, vec![], true, None, Some(&problem), None, &now());
         let c = degraded
             .conditions
             .iter()
@@ -515,18 +763,143 @@ mod tests {
         assert_eq!(c.message, "Secret s not found");
     }
 
+    /// status.height and bestBlockHash are the mining node's: spec.mining.node
+    /// when it is ready, else the lowest ready ordinal. A node that is
+    /// behind names itself in the Synced message.
+    #[test]
+    fn synced_is_judged_per_group_when_partitioned() {
+        let node = |ordinal: i32, hash: &str, blocks: i64| BitcoinNetworkNode {
+            ordinal,
+            ready: true,
+            pod_name: format!("n-sts-{ordinal}"),
+            best_block_hash: Some(hash.to_owned()),
+            blocks: Some(blocks),
+            ..BitcoinNetworkNode::default()
+        };
+        let split = vec![vec![0, 1], vec![2]];
+        type Row = (
+            &'static [(i32, &'static str, i64)],
+            Vec<Vec<i32>>,
+            bool,
+            &'static str,
+        );
+        let table: Vec<Row> = vec![
+            // One mesh: every node must have the mining node's block.
+            (
+                &[(0, "a", 5), (1, "a", 5), (2, "b", 10)],
+                vec![],
+                false,
+                "TipsDiffer",
+            ),
+            (
+                &[(0, "a", 5), (1, "a", 5), (2, "a", 5)],
+                vec![],
+                true,
+                "InSync",
+            ),
+            // Partitioned: each group agrees within itself.
+            (
+                &[(0, "a", 5), (1, "a", 5), (2, "b", 10)],
+                split.clone(),
+                true,
+                "InSync",
+            ),
+            (
+                &[(0, "a", 5), (1, "c", 4), (2, "b", 10)],
+                split.clone(),
+                false,
+                "TipsDiffer",
+            ),
+            // Node 2 alone in its group, so never behind.
+            (
+                &[(0, "a", 5), (1, "a", 5), (2, "z", 1)],
+                split,
+                true,
+                "InSync",
+            ),
+        ];
+        for (nodes, groups, want, reason) in table {
+            let nodes: Vec<_> = nodes.iter().map(|&(o, h, b)| node(o, h, b)).collect();
+            let (got, got_reason, message) = synced(&nodes, Some(0), &groups);
+            assert_eq!((got, got_reason), (want, reason), "{groups:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn height_is_the_mining_nodes() {
+        let mut pods = ready3().to_vec();
+        let mut reports = at(&pods, 7);
+        reports.insert("net-sts-1".into(), at(&pods[1..2], 8)["net-sts-1"].clone());
+        let mut n = net();
+        let height = |n: &BitcoinNetwork, pods: &[Pod]| {
+            let s = compute(n, nodes(n, pods, &reports), true, None, None, None, &now());
+            (s.height, s.best_block_hash.clone(), s)
+        };
+        let (h, hash, s) = height(&n, &pods);
+        assert_eq!((h, hash.as_deref()), (Some(7), Some("h7")));
+        let synced = s.conditions.iter().find(|c| c.type_ == "Synced").unwrap();
+        assert_eq!(
+            synced.message,
+            "1 of 3 ready nodes are not at the best block of net-sts-0 (height 7): net-sts-1 at 8"
+        );
+        n.spec.mining = Some(crate::api::MiningSpec {
+            node: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(height(&n, &pods).0, Some(8));
+        pods[1] = pod("net-sts-1", Some("127.0.0.3"), false);
+        pods[0] = pod("net-sts-0", Some("127.0.0.2"), false);
+        assert_eq!(height(&n, &pods).0, Some(7), "net-sts-2, the lowest ready");
+    }
+
+    /// A status computed again from the same observation is equal (no
+    /// write at rest), mining status included.
+    #[test]
+    fn same_chain_same_status() {
+        let pods = ready3();
+        let mut n = net();
+        n.spec.mining = Some(crate::api::MiningSpec {
+            initial_blocks: Some(101),
+            interval: Some("30s".into()),
+            ..Default::default()
+        });
+        let mining = MiningStatus {
+            address: "bcrt1q".into(),
+            last_block_time: Some(now()),
+            blocks_mined: 101,
+        };
+        let first = compute(
+            &n,
+            nodes(&n, &pods, &at(&pods, 101)),
+            true,
+            Some(mining.clone()),
+            None,
+            None,
+            &now(),
+        );
+        let again = compute(
+            &n,
+            nodes(&n, &pods, &at(&pods, 101)),
+            true,
+            Some(mining),
+            None,
+            Some(&first),
+            &later(),
+        );
+        assert_eq!(first, again);
+        assert_eq!(cond(&first, "Ready"), ("True", "NetworkReady"));
+    }
+
     #[test]
     fn transition_time_changes_only_with_the_status() {
         let n = net();
-        let pods = [
-            pod("net-sts-0", Some("127.0.0.2"), true),
-            pod("net-sts-1", Some("127.0.0.3"), true),
-            pod("net-sts-2", Some("127.0.0.4"), true),
-        ];
+        let pods = ready3();
+        let reports = at(&pods, 0);
         let first = compute(
             &n,
-            nodes(&n, &pods, &HashMap::new()),
+            nodes(&n, &pods, &reports),
             false,
+            None,
             None,
             None,
             &now(),
@@ -535,8 +908,9 @@ mod tests {
         // status is equal and not written again.
         let again = compute(
             &n,
-            nodes(&n, &pods, &HashMap::new()),
+            nodes(&n, &pods, &reports),
             false,
+            None,
             None,
             Some(&first),
             &later(),
@@ -545,8 +919,9 @@ mod tests {
         // Ready flips: its time moves, Degraded's stays.
         let ready = compute(
             &n,
-            nodes(&n, &pods, &HashMap::new()),
+            nodes(&n, &pods, &reports),
             true,
+            None,
             None,
             Some(&first),
             &later(),

@@ -373,13 +373,31 @@ pub async fn grant_secret_access(client: &Client, ns: &str) {
 
 /// Creates a network with `nodes` nodes in `ns` (with the lane's image).
 pub async fn create_network(client: &Client, ns: &str, name: &str, nodes: i32) -> BitcoinNetwork {
+    create_network_with(
+        client,
+        ns,
+        name,
+        BitcoinNetworkSpec {
+            nodes,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Creates a network with `spec` in `ns`, with the lane's image.
+pub async fn create_network_with(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: BitcoinNetworkSpec,
+) -> BitcoinNetwork {
     let api: Api<BitcoinNetwork> = Api::namespaced(client.clone(), ns);
     let net = BitcoinNetwork::new(
         name,
         BitcoinNetworkSpec {
-            nodes,
             image: lane_image(),
-            ..Default::default()
+            ..spec
         },
     );
     api.create(&PostParams::default(), &net)

@@ -11,6 +11,7 @@
 mod access;
 mod harness;
 mod mesh;
+mod mining;
 mod node;
 mod ops;
 mod options;

@@ -1102,3 +1102,90 @@ async fn ops_relist_after_an_api_server_restart_and_compaction() {
     assert!(sets.get_opt("gone-sts").await.unwrap().is_none());
     ns.delete().await;
 }
+
+/// Periodic mining across a leader failover: two controllers with
+/// `--leader-elect`, a network with `interval: 4s`; SIGKILL of the leader
+/// mid-way. The chain gets no block twice (no two blocks less than the
+/// interval apart, none arriving together) and after the standby takes over
+/// it mines one block, not the ones "missed" while no one led.
+#[tokio::test]
+async fn ops_interval_mining_across_a_leader_failover() {
+    use crate::mining::{create_mining_network, has_condition, watch_blocks};
+    use bitcoin_controller::api::MiningSpec;
+
+    let admin = admin_client().await;
+    delete_lease(&admin).await;
+    let mut a = Controller::start("mining-leader-a", &["--leader-elect"]);
+    let a_id = a.identity().await;
+    wait_for_holder(&admin, &a_id, CONVERGE).await;
+    let b = Controller::start("mining-leader-b", &["--leader-elect"]);
+    let b_id = b.identity().await;
+    b.wait_ready().await;
+
+    let ns = TestNamespace::create(&admin, "e2e-ops-mining").await;
+    let interval = 4;
+    create_mining_network(
+        &admin,
+        &ns.name,
+        "net",
+        2,
+        MiningSpec {
+            initial_blocks: Some(20),
+            interval: Some(format!("{interval}s")),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (status, _) = wait_for_status(
+        &admin,
+        &ns.name,
+        "net",
+        "Ready",
+        has_condition("Ready", "True"),
+    )
+    .await;
+    let ips = ips(&status);
+    let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
+    // Blocks under the first leader.
+    let (before, bursts_before) =
+        watch_blocks(&nodes, &ips[1], Duration::from_secs(3 * interval + 2)).await;
+
+    a.kill9();
+    let killed = Instant::now();
+    let took = wait_for_holder(&admin, &b_id, Duration::from_secs(60)).await;
+    say("mining failover: SIGKILL -> standby holds the Lease", took);
+    // Blocks under the new leader, the takeover included.
+    let (after, bursts_after) =
+        watch_blocks(&nodes, &ips[1], Duration::from_secs(4 * interval)).await;
+    say("mining failover: observed for", killed.elapsed());
+
+    let mut blocks = before.clone();
+    blocks.extend(after.iter().filter(|(h, _)| *h > before.last().unwrap().0));
+    let gaps: Vec<u64> = blocks.windows(2).map(|w| w[1].1 - w[0].1).collect();
+    println!("OPS mining failover: blocks (height, time) {blocks:?}; gaps {gaps:?}");
+    assert!(
+        bursts_before.is_empty() && bursts_after.is_empty(),
+        "blocks arrived together: {bursts_before:?} {bursts_after:?}"
+    );
+    assert!(
+        before.last().unwrap().0 > before[0].0,
+        "the first leader mined: {before:?}"
+    );
+    assert!(
+        after.last().unwrap().0 > before.last().unwrap().0,
+        "the new leader mined: {after:?}"
+    );
+    // No block less than the interval (minus the 1 s of block times)
+    // after the one before it, across the failover too.
+    for (i, gap) in gaps.iter().enumerate() {
+        assert!(
+            *gap + 1 >= interval,
+            "gap {gap}s (block {i}) < interval {interval}s: {blocks:?}"
+        );
+    }
+    assert!(
+        !b.reconciling_lines().is_empty(),
+        "the new leader reconciled"
+    );
+    ns.delete().await;
+}

@@ -21,7 +21,7 @@ use crate::harness::*;
 
 /// POSTs a network with `spec` as kubectl does (strict field validation),
 /// as a dry run: nothing is stored. `Err` is the API server's refusal.
-async fn admit(client: &Client, ns: &str, spec: Value) -> Result<(), (u16, String)> {
+pub async fn admit(client: &Client, ns: &str, spec: Value) -> Result<(), (u16, String)> {
     let url = format!(
         "/apis/bitcoincontroller.christianb93.github.com/v1/namespaces/{ns}/bitcoinnetworks?fieldValidation=Strict&dryRun=All"
     );

@@ -72,6 +72,9 @@ pub(crate) struct Shared {
     addnode_slots: Arc<Semaphore>,
     /// When the added-node loop dials (Core's timing outside tests).
     added_timing: net::AddedTiming,
+    /// Core's network activity switch (RPC `setnetworkactive`): while false
+    /// no peer connection is made, accepted or kept.
+    network_active: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -96,6 +99,7 @@ impl Shared {
             tasks: TaskTracker::new(),
             addnode_slots: Arc::new(Semaphore::new(net::MAX_ADDNODE_CONNECTIONS)),
             added_timing: net::AddedTiming::CORE,
+            network_active: std::sync::atomic::AtomicBool::new(true),
         }
     }
 }

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -311,6 +312,22 @@ pub(crate) fn disconnect(shared: &Shared, pred: impl Fn(&Peer, u64) -> bool) -> 
     }
 }
 
+/// `setnetworkactive`: switches all P2P activity off (every peer is
+/// disconnected, none is accepted or dialed; added nodes stay added) or on
+/// again. Like Core.
+pub(crate) fn set_network_active(shared: &Shared, active: bool) {
+    shared.network_active.store(active, Ordering::SeqCst);
+    if !active {
+        for peer in shared.net.lock().unwrap().peers.values() {
+            peer.cancel.cancel();
+        }
+    }
+}
+
+pub(crate) fn network_active(shared: &Shared) -> bool {
+    shared.network_active.load(Ordering::SeqCst)
+}
+
 /// An IPv4 peer on a dual-stack (`::`) socket shows as `::ffff:a.b.c.d`;
 /// Core treats such an address as the IPv4 address it maps, and so do we.
 fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -534,6 +551,9 @@ fn version_message(
 
 /// Run one P2P connection until it closes, errs, or the node stops.
 async fn run_peer(shared: Arc<Shared>, stream: TcpStream, addr_name: String, inbound: bool) {
+    if !network_active(&shared) {
+        return;
+    }
     let (Ok(addr), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
     };
@@ -1109,6 +1129,43 @@ mod tests {
         for n in [a, b, c] {
             n.stop().await;
         }
+    }
+
+    /// `setnetworkactive false` cuts a node off (peers dropped, none
+    /// accepted, blocks mined elsewhere do not arrive) with RPC still
+    /// answering; with `true` it accepts peers again and catches up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn setnetworkactive_cuts_a_node_off_and_back() {
+        let a = start_at("127.86.9.1").await;
+        let b = start_at("127.86.9.2").await;
+        rpc(&a, "addnode", json!(["127.86.9.2", "add"])).unwrap();
+        let peers = |n: &crate::Node| {
+            rpc(n, "getconnectioncount", json!([]))
+                .unwrap()
+                .as_u64()
+                .unwrap()
+        };
+        assert!(eventually(10, || peers(&a) == 1 && peers(&b) == 1).await);
+        assert_eq!(rpc(&b, "setnetworkactive", json!([false])).unwrap(), false);
+        assert_eq!(
+            rpc(&b, "getnetworkinfo", json!([])).unwrap()["networkactive"],
+            false
+        );
+        assert!(eventually(10, || peers(&a) == 0 && peers(&b) == 0).await);
+        mine(&a, 2);
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(rpc(&b, "getblockcount", json!([])).unwrap(), 0, "cut off");
+        assert_eq!(peers(&b), 0, "a's reconnection attempts are refused");
+        assert_eq!(rpc(&b, "setnetworkactive", json!([true])).unwrap(), true);
+        // a's added-node loop tried b while it refused and now waits its
+        // 60 s, as Core's does: dial at once, as the controller's nudge does.
+        rpc(&a, "addnode", json!(["127.86.9.2", "onetry"])).unwrap();
+        assert!(
+            eventually(15, || best(&b) == best(&a)).await,
+            "back and synced"
+        );
+        a.stop().await;
+        b.stop().await;
     }
 
     /// Core's added-node loop dials every 500 ms within a round, then waits

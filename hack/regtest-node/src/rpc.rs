@@ -97,6 +97,7 @@ const METHODS: &[(&str, &[Arg], &str)] = &[
     ("getindexinfo", &[opt("index_name", Ty::Str)], "State of the optional indexes (txindex, blockfilterindex)."),
     ("getnetworkinfo", &[], "State of the P2P network."),
     ("getpeerinfo", &[], "One object per connected peer."),
+    ("setnetworkactive", &[req("state", Ty::Bool)], "Disable (false) or enable (true) all P2P network activity."),
     ("stop", &[opt("wait", Ty::Num)], "Stop the node."),
     ("uptime", &[], "Seconds since the node started."),
 ];
@@ -237,6 +238,11 @@ pub(crate) fn execute(shared: &Arc<Shared>, method: &str, params: &Value) -> Res
         "addnode" => addnode(shared, &p, args, help),
         "disconnectnode" => disconnectnode(shared, &p),
         "generatetoaddress" => generate(shared, &p),
+        "setnetworkactive" => {
+            let active = p[0].as_bool().expect("checked");
+            net::set_network_active(shared, active);
+            Ok(json!(active))
+        }
         "uptime" => Ok(json!(shared.started.elapsed().as_secs())),
         "stop" => {
             shared.shutdown.cancel();
@@ -387,7 +393,7 @@ fn network_info(shared: &Arc<Shared>) -> Value {
         "localservicesnames": net::service_names(net::local_services()),
         "localrelay": true,
         "timeoffset": 0,
-        "networkactive": true,
+        "networkactive": net::network_active(shared),
         "connections": total,
         "connections_in": inbound,
         "connections_out": total - inbound,

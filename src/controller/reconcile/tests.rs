@@ -157,10 +157,12 @@ fn context(client: Client, net: &BitcoinNetwork, world: &World) -> (Context, Arc
 /// The generated credentials and everything the controller builds from
 /// them, as the live objects look after a first reconcile.
 fn settled(net: &BitcoinNetwork) -> World {
-    let creds = credentials_secret(net, "rpc-user", "secret-password");
+    let creds = credentials_secret(net, "rpc-user", "secret-password", "mining-key");
     let c = Credentials {
         user: "rpc-user".into(),
         password: "secret-password".into(),
+        mining_key: None,
+        secret_version: None,
     };
     let conf = bitcoin_conf(net, &c, None);
     let hash = resources::content_hash(conf.as_bytes());
@@ -512,6 +514,8 @@ async fn a_salt_from_an_older_controller_is_kept_while_it_matches() {
     let c = Credentials {
         user: "u".into(),
         password: "p".into(),
+        mining_key: None,
+        secret_version: None,
     };
     let old = render_bitcoin_conf(
         &rpcauth("u", "p", &[9; 16]),
@@ -523,6 +527,8 @@ async fn a_salt_from_an_older_controller_is_kept_while_it_matches() {
     let c2 = Credentials {
         user: "u".into(),
         password: "new".into(),
+        mining_key: None,
+        secret_version: None,
     };
     assert_eq!(
         bitcoin_conf(&net, &c2, Some(&live)),
@@ -714,6 +720,8 @@ async fn node_options_reach_the_config_and_roll_the_pods() {
     let c = Credentials {
         user: "u".into(),
         password: "p".into(),
+        mining_key: None,
+        secret_version: None,
     };
     let mut net = network(1);
     let plain = bitcoin_conf(&net, &c, None);
