@@ -39,12 +39,16 @@ STOP_TIMEOUT=20
 # must keep its pods. No endpoints / endpointslice controllers either: pod
 # addresses are loopback addresses, which Endpoints reject (nothing here
 # needs Service endpoints; nodes find each other through the status).
-KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller,statefulset-controller,replicaset-controller,deployment-controller
+# The claim and volume protection controllers take the protection
+# finalizers off claims (spec.storage) and volumes no pod uses any more,
+# else a deleted claim stays Terminating.
+KCM_CONTROLLERS=serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller,namespace-controller,garbage-collector-controller,clusterrole-aggregation-controller,statefulset-controller,replicaset-controller,deployment-controller,persistentvolumeclaim-protection-controller,persistentvolume-protection-controller
 # A real node (BC_NODE=kubelet) needs more: node-lifecycle takes the
 # not-ready taint off a Ready node (else nothing schedules), the endpoint
 # slices feed kube-proxy and CoreDNS, pod garbage collection and taint
-# eviction clean up after a node.
-KCM_NODE_CONTROLLERS=node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,endpointslice-controller,endpoints-controller
+# eviction clean up after a node; the persistent-volume binder binds claims
+# to the lane's local volumes.
+KCM_NODE_CONTROLLERS=node-lifecycle-controller,taint-eviction-controller,pod-garbage-collector-controller,endpointslice-controller,endpoints-controller,persistentvolume-binder-controller
 
 log() { echo "local-cluster: $*" >&2; }
 die() {

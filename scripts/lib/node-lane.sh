@@ -632,6 +632,65 @@ EOF
 		curl -sf "http://127.0.0.1:${COREDNS_READY_PORT}/ready"
 }
 
+# ---------------------------------------------------------------- storage
+
+# Local PersistentVolumes for spec.storage (docs/local-cluster.md): a pool of
+# directories under the node dir, each one a `local` PersistentVolume of the
+# default StorageClass bc-local (no provisioner, WaitForFirstConsumer), so a
+# claim binds when its pod is scheduled and the kubelet mounts the directory
+# (with the pod's fsGroup, which hostPath volumes would not get). Released
+# volumes are not reused (nothing would wipe them): the pool is sized for a
+# lane run. `down` removes them with the state dir; the kubelet's mounts of
+# them live in the node's mount namespace and go with it.
+LOCAL_PV_COUNT="${BC_LOCAL_PVS:-24}"
+LOCAL_PV_DIR="${NODE_DIR}/volumes"
+STORAGE_CLASS=bc-local
+
+node_storage_up() {
+	local i name
+	log "local storage: StorageClass ${STORAGE_CLASS} (default) and ${LOCAL_PV_COUNT} PersistentVolumes in ${LOCAL_PV_DIR}"
+	mkdir -p "${LOCAL_PV_DIR}"
+	{
+		cat <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: ${STORAGE_CLASS}
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+		for ((i = 0; i < LOCAL_PV_COUNT; i++)); do
+			printf -v name 'bc-local-%02d' "${i}"
+			mkdir -p "${LOCAL_PV_DIR}/${name}"
+			cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: ${name}
+spec:
+  capacity:
+    storage: 1Gi
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ${STORAGE_CLASS}
+  local:
+    path: ${LOCAL_PV_DIR}/${name}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - key: kubernetes.io/hostname
+          operator: In
+          values: [${KUBELET_NODE_NAME}]
+EOF
+		done
+	} | kubectl_admin apply -f - >/dev/null || die "creating the local PersistentVolumes failed"
+}
+
 deploy_controller() {
 	log "deploying the controller in-cluster (manifests/controller.yaml, image bitcoin-controller:latest)"
 	kubectl_admin apply -f "${REPO_ROOT}/manifests/controller.yaml" >/dev/null
@@ -678,6 +737,7 @@ node_up_rest() {
 	start_scheduler
 	start_proxy
 	start_coredns
+	node_storage_up
 	deploy_controller
 }
 

@@ -3,9 +3,9 @@
 //! deserializes. `manifests/crd.yaml` is this output (CI checks for drift).
 
 use super::{
-    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, GROUP, INTERVAL_PATTERN, KIND,
-    MAX_EXTRA_LINES, MAX_EXTRA_LINE_LENGTH, MAX_NODES, MAX_PARTITIONS, PLURAL,
-    REGTEST_ADDRESS_PATTERN, VERSION,
+    BitcoinNetworkSpec, BitcoinNetworkStatus, DEFAULT_IMAGE, DEFAULT_STORAGE_SIZE, GROUP,
+    INTERVAL_PATTERN, KIND, MAX_EXTRA_LINES, MAX_EXTRA_LINE_LENGTH, MAX_NODES, MAX_PARTITIONS,
+    PLURAL, REGTEST_ADDRESS_PATTERN, VERSION,
 };
 use crate::bitcoin::{OWNED_KEYS, TYPED_KEYS};
 #[cfg(doc)]
@@ -108,6 +108,34 @@ fn extra_line_rules() -> Value {
     Value::Array(rules)
 }
 
+/// CEL rule of `spec`: `storage` is what it was at creation, but for
+/// `retain` (a StatefulSet's volume claim templates cannot change; its
+/// claim retention policy can). Absent fields compare as their defaults.
+fn storage_transition_rule() -> Value {
+    let field = |side: &str, name: &str, default: &str| {
+        format!("(has({side}.storage.{name}) ? {side}.storage.{name} : '{default}')")
+    };
+    let same = |name: &str, default: &str| {
+        format!(
+            "{} == {}",
+            field("self", name, default),
+            field("oldSelf", name, default)
+        )
+    };
+    json!({
+        "rule": format!(
+            "has(self.storage) == has(oldSelf.storage) && (!has(self.storage) || ({} && {}))",
+            same("size", DEFAULT_STORAGE_SIZE),
+            same("storageClassName", ""),
+        ),
+        "message": "spec.storage cannot be added, removed or changed (size, storageClassName) \
+                    on an existing network: the claims of its StatefulSet are fixed at \
+                    creation. Create a new network with the storage you want and delete this \
+                    one (with retain: true its claims stay until you delete them). Only \
+                    spec.storage.retain may change.",
+    })
+}
+
 /// JSON path of the label selector the scale subresource reports.
 pub const SELECTOR_PATH: &str = ".status.selector";
 
@@ -164,6 +192,20 @@ pub fn crd() -> CustomResourceDefinition {
         "message": "spec.mining.interval must be a duration of at least 1s in hours, minutes \
                     and seconds, such as 30s, 5m or 1h30m",
     }]);
+    let storage = &mut spec["properties"]["storage"]["properties"];
+    storage["size"]["x-kubernetes-validations"] = json!([{
+        "rule": "isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))",
+        "message": "spec.storage.size must be a positive quantity of bytes such as 1Gi or 500Mi",
+    }]);
+    storage["storageClassName"]["x-kubernetes-validations"] = json!([{
+        "rule": "self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')",
+        "message": "spec.storage.storageClassName must be the name of a StorageClass (lowercase \
+                    letters, digits, '-' and '.', starting and ending with a letter or digit)",
+    }]);
+    spec["x-kubernetes-validations"]
+        .as_array_mut()
+        .expect("the partition rules")
+        .push(storage_transition_rule());
     let schema: JSONSchemaProps = serde_json::from_value(json!({
         "type": "object",
         "description": "A private Bitcoin regtest network managed by bitcoin-controller.",

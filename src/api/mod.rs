@@ -155,6 +155,46 @@ pub struct BitcoinNetworkSpec {
     /// interval. Absent: the controller mines nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mining: Option<MiningSpec>,
+    /// Persistent storage for each node's data directory (its chain), so
+    /// that a node resumes at its height after a pod deletion, a node
+    /// restart or a password rotation. Each node gets a
+    /// PersistentVolumeClaim data-<name>-sts-<ordinal>. Absent: an emptyDir
+    /// (the chain is lost with the pod). Fixed at creation: it cannot be
+    /// added, removed or changed later, except spec.storage.retain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<Storage>,
+}
+
+/// Size of a node's claim when `spec.storage.size` is absent.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
+
+/// Persistent storage of the nodes (`spec.storage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// Size of each node's PersistentVolumeClaim, a Kubernetes quantity
+    /// such as 1Gi or 500Mi. Absent: 1Gi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub size: Option<String>,
+    /// StorageClass of the claims. Absent: the cluster's default
+    /// StorageClass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+    /// Keep the claims (and so the chains) when the network is deleted or
+    /// scaled down; a network created again with the same name, or scaled
+    /// up again, finds them. Absent or false: the claims are deleted with
+    /// the network and on scale-down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain: Option<bool>,
+}
+
+impl Storage {
+    /// `size`, or [`DEFAULT_STORAGE_SIZE`].
+    pub fn size(&self) -> &str {
+        self.size.as_deref().unwrap_or(DEFAULT_STORAGE_SIZE)
+    }
 }
 
 /// Upper bound on `spec.mining.initialBlocks`, enforced by the CRD schema.

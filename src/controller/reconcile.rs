@@ -326,14 +326,14 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
     )
     .await?;
     let sts = resources::statefulset_name(net);
-    let sts_uid = ensure(
-        ctx,
-        net,
-        ctx.statefulsets.get(ns, &sts),
+    let cached = ctx.statefulsets.get(ns, &sts);
+    let wanted = resources::keep_claim_templates(
         resources::statefulset(net, &config_hash),
-    )
-    .await?
-    .and_then(|live| live.metadata.uid.clone());
+        cached.as_deref(),
+    );
+    let sts_uid = ensure(ctx, net, cached, wanted)
+        .await?
+        .and_then(|live| live.metadata.uid.clone());
 
     expose(ctx, net, pods).await?;
 

@@ -4,11 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretVolumeSource, SecurityContext,
-    Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Container, ContainerPort, EmptyDirVolumeSource, ExecAction, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort,
+    ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -19,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{BitcoinNetwork, API_VERSION, GROUP, KIND};
+use crate::api::{BitcoinNetwork, Storage, API_VERSION, GROUP, KIND};
 use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
 use crate::controller::mining::MINING_KEY;
 
@@ -37,6 +40,9 @@ pub const PASSWORD_KEY: &str = "BC_RPC_PASSWORD";
 const CONTAINER: &str = "bitcoind";
 const CONF_DIR: &str = "/etc/bitcoin";
 const DATA_DIR: &str = "/data";
+/// The data volume: an emptyDir, or with `spec.storage` the claim template
+/// whose claims are `data-<statefulset>-<ordinal>`.
+const DATA_VOLUME: &str = "data";
 /// uid/gid of the `bitcoin` user in the Bitcoin Core images.
 const BITCOIN_UID: i64 = 1000;
 
@@ -512,7 +518,7 @@ pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
                 ..VolumeMount::default()
             },
             VolumeMount {
-                name: "data".to_owned(),
+                name: DATA_VOLUME.to_owned(),
                 mount_path: DATA_DIR.to_owned(),
                 ..VolumeMount::default()
             },
@@ -551,28 +557,111 @@ pub fn statefulset(net: &BitcoinNetwork, config_hash: &str) -> StatefulSet {
                         ..PodSecurityContext::default()
                     }),
                     automount_service_account_token: Some(false),
-                    volumes: Some(vec![
-                        Volume {
+                    volumes: Some(
+                        vec![Volume {
                             name: "config".to_owned(),
                             secret: Some(SecretVolumeSource {
                                 secret_name: Some(config_secret_name(net)),
                                 ..SecretVolumeSource::default()
                             }),
                             ..Volume::default()
-                        },
-                        Volume {
-                            name: "data".to_owned(),
+                        }]
+                        .into_iter()
+                        .chain(net.spec.storage.is_none().then(|| Volume {
+                            name: DATA_VOLUME.to_owned(),
                             empty_dir: Some(EmptyDirVolumeSource::default()),
                             ..Volume::default()
-                        },
-                    ]),
+                        }))
+                        .collect(),
+                    ),
                     ..PodSpec::default()
                 }),
             },
+            volume_claim_templates: net
+                .spec
+                .storage
+                .as_ref()
+                .map(|storage| vec![data_claim_template(net, storage)]),
+            persistent_volume_claim_retention_policy: net
+                .spec
+                .storage
+                .as_ref()
+                .map(claim_retention_policy),
             ..StatefulSetSpec::default()
         }),
         status: None,
     }
+}
+
+/// The claim template of the data volume (`spec.storage`). `volumeMode`
+/// is written out as the API server defaults it, so the live StatefulSet
+/// covers what is built.
+fn data_claim_template(net: &BitcoinNetwork, storage: &Storage) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(DATA_VOLUME.to_owned()),
+            labels: Some(labels(net)),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(storage.size().to_owned()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            storage_class_name: storage.storage_class_name.clone(),
+            volume_mode: Some("Filesystem".to_owned()),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// `retain` false (the default): the claims go with the network and with
+/// the nodes a scale-down removes; true: they stay in both cases.
+fn claim_retention_policy(storage: &Storage) -> StatefulSetPersistentVolumeClaimRetentionPolicy {
+    let policy = if storage.retain == Some(true) {
+        "Retain"
+    } else {
+        "Delete"
+    };
+    StatefulSetPersistentVolumeClaimRetentionPolicy {
+        when_deleted: Some(policy.to_owned()),
+        when_scaled: Some(policy.to_owned()),
+    }
+}
+
+/// The built StatefulSet `wanted` with the claim templates of `live` where
+/// those do not cover the built ones: claim templates cannot change after
+/// creation, and the API server keeps a size in its canonical form (1024Mi
+/// as 1Gi), so applying the built ones again would be refused or would
+/// fight over the spelling. Where they cover them (the usual case), the
+/// built ones stay, and so does the stamp. Admission refuses a change of
+/// `spec.storage` but for `retain`, which the retention policy follows.
+pub fn keep_claim_templates(mut wanted: StatefulSet, live: Option<&StatefulSet>) -> StatefulSet {
+    let templates = |sts: &StatefulSet| {
+        sts.spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.clone())
+    };
+    let Some(live) = live else { return wanted };
+    let have = templates(live);
+    let covered = match (
+        serde_json::to_value(&have),
+        serde_json::to_value(templates(&wanted)),
+    ) {
+        (Ok(have), Ok(want)) => covers(&have, &want),
+        _ => false,
+    };
+    if !covered {
+        if let Some(spec) = wanted.spec.as_mut() {
+            spec.volume_claim_templates = have;
+        }
+    }
+    wanted
 }
 
 #[cfg(test)]
@@ -752,6 +841,149 @@ mod tests {
         // No credential of any kind in the pod spec.
         let text = serde_json::to_string(&pod.containers).unwrap();
         assert!(!text.contains("rpcpassword") && !text.contains("BC_RPC"));
+    }
+
+    fn with_storage(storage: Option<Storage>) -> BitcoinNetwork {
+        let mut n = net(3);
+        n.spec.storage = storage;
+        n
+    }
+
+    /// Without `spec.storage` the StatefulSet is what it always was (an
+    /// emptyDir, no claims, no retention policy): existing networks do not
+    /// roll. With it, the data volume is a claim template and `retain`
+    /// picks the retention policy.
+    #[test]
+    fn storage_turns_the_data_volume_into_a_claim_template() {
+        // The claim's size, class and retention policy; None: an emptyDir.
+        type Claim = Option<(&'static str, Option<&'static str>, &'static str)>;
+        let table: [(Option<Storage>, Claim); 5] = [
+            (None, None),
+            (Some(Storage::default()), Some(("1Gi", None, "Delete"))),
+            (
+                Some(Storage {
+                    size: Some("5Gi".into()),
+                    storage_class_name: Some("local".into()),
+                    retain: Some(false),
+                }),
+                Some(("5Gi", Some("local"), "Delete")),
+            ),
+            (
+                Some(Storage {
+                    retain: Some(true),
+                    ..Storage::default()
+                }),
+                Some(("1Gi", None, "Retain")),
+            ),
+            (
+                Some(Storage {
+                    size: Some("300Mi".into()),
+                    retain: None,
+                    ..Storage::default()
+                }),
+                Some(("300Mi", None, "Delete")),
+            ),
+        ];
+        for (storage, want) in table {
+            let spec = statefulset(&with_storage(storage.clone()), "h")
+                .spec
+                .unwrap();
+            let pod = spec.template.spec.as_ref().unwrap();
+            let volumes: Vec<&Volume> = pod.volumes.iter().flatten().collect();
+            let data = volumes.iter().find(|v| v.name == DATA_VOLUME);
+            // The container mounts "data" either way.
+            let mounts = pod.containers[0].volume_mounts.as_ref().unwrap();
+            assert!(mounts
+                .iter()
+                .any(|m| m.name == DATA_VOLUME && m.mount_path == DATA_DIR));
+            let Some((size, class, policy)) = want else {
+                assert!(data.unwrap().empty_dir.is_some(), "{storage:?}");
+                assert_eq!(spec.volume_claim_templates, None);
+                assert_eq!(spec.persistent_volume_claim_retention_policy, None);
+                continue;
+            };
+            assert!(
+                data.is_none(),
+                "{storage:?}: a claim template replaces the emptyDir"
+            );
+            let templates = spec.volume_claim_templates.unwrap();
+            assert_eq!(templates.len(), 1);
+            let claim = &templates[0];
+            assert_eq!(claim.metadata.name.as_deref(), Some(DATA_VOLUME));
+            assert_eq!(
+                claim.metadata.labels.as_ref().unwrap()[NETWORK_LABEL],
+                "my-network"
+            );
+            let claim_spec = claim.spec.as_ref().unwrap();
+            assert_eq!(
+                claim_spec.access_modes.as_deref(),
+                Some(&["ReadWriteOnce".to_owned()][..])
+            );
+            let requests = claim_spec.resources.as_ref().unwrap().requests.as_ref();
+            assert_eq!(requests.unwrap()["storage"], Quantity(size.into()));
+            assert_eq!(claim_spec.storage_class_name.as_deref(), class);
+            let retention = spec.persistent_volume_claim_retention_policy.unwrap();
+            assert_eq!(retention.when_deleted.as_deref(), Some(policy));
+            assert_eq!(retention.when_scaled.as_deref(), Some(policy));
+        }
+    }
+
+    /// The apply never touches the claim templates of a live StatefulSet:
+    /// the built ones are kept where the live ones cover them (stamp and
+    /// all, so nothing is applied), the live ones are used where they do
+    /// not (a size the API server spelled canonically, or templates that
+    /// differ), and a StatefulSet still to be created gets the built ones.
+    #[test]
+    fn the_apply_keeps_the_claim_templates_of_a_live_statefulset() {
+        let storage = |size: &str, retain| {
+            with_storage(Some(Storage {
+                size: Some(size.into()),
+                retain: Some(retain),
+                ..Storage::default()
+            }))
+        };
+        let built = statefulset(&storage("1Gi", false), "h");
+        // Not created yet: what is built.
+        assert_eq!(keep_claim_templates(built.clone(), None), built);
+
+        // Live as the API server stores it: defaults and a status added.
+        let mut stored = serde_json::to_value(stamp(built.clone())).unwrap();
+        let template = &mut stored["spec"]["volumeClaimTemplates"][0];
+        template["apiVersion"] = json!("v1");
+        template["kind"] = json!("PersistentVolumeClaim");
+        template["status"] = json!({"phase": "Pending"});
+        let live: StatefulSet = serde_json::from_value(stored.clone()).unwrap();
+        let wanted = stamp(keep_claim_templates(built.clone(), Some(&live)));
+        assert_eq!(wanted, stamp(built.clone()));
+        assert!(!needs_apply(&live, &wanted));
+
+        // Asked as 1024Mi, stored as 1Gi: the live spelling is applied,
+        // once (then the stamps agree).
+        let built_1024 = statefulset(&storage("1024Mi", false), "h");
+        let wanted = stamp(keep_claim_templates(built_1024.clone(), Some(&live)));
+        let templates = |s: &StatefulSet| s.spec.as_ref().unwrap().volume_claim_templates.clone();
+        assert_eq!(templates(&wanted), templates(&live));
+        let mut applied = serde_json::to_value(&wanted).unwrap();
+        applied["spec"]["volumeClaimTemplates"] = stored["spec"]["volumeClaimTemplates"].clone();
+        let live_after: StatefulSet = serde_json::from_value(applied).unwrap();
+        let again = stamp(keep_claim_templates(built_1024, Some(&live_after)));
+        assert!(!needs_apply(&live_after, &again));
+
+        // retain changes the retention policy, and only that.
+        let retained = stamp(keep_claim_templates(
+            statefulset(&storage("1Gi", true), "h"),
+            Some(&live),
+        ));
+        assert!(needs_apply(&live, &retained));
+        assert_eq!(templates(&retained), templates(&built));
+        let policy = retained.spec.as_ref().unwrap();
+        let policy = policy.persistent_volume_claim_retention_policy.as_ref();
+        assert_eq!(policy.unwrap().when_deleted.as_deref(), Some("Retain"));
+
+        // A live StatefulSet without claims (an emptyDir network) keeps none.
+        let plain = stamp(statefulset(&net(3), "h"));
+        let wanted = keep_claim_templates(statefulset(&storage("1Gi", false), "h"), Some(&plain));
+        assert_eq!(templates(&wanted), None);
     }
 
     #[test]

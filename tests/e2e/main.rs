@@ -16,6 +16,7 @@ mod node;
 mod ops;
 mod options;
 mod secrets;
+mod storage;
 
 use std::time::Duration;
 
@@ -614,6 +615,7 @@ async fn invalid_specs_are_refused() {
         ns.name
     );
     let long_name = "n".repeat(60);
+    const SIZE: &str = "spec.storage.size must be a positive quantity of bytes";
     let cases = [
         (
             "negative",
@@ -668,6 +670,37 @@ async fn invalid_specs_are_refused() {
             "partition-groups",
             json!({"nodes": 3, "partitions": [[0], [1], [2], [0], [1], [2], [0], [1], [2], [0], [1]]}),
             "spec.partitions: Too many: 11: must have at most 10 items",
+        ),
+        // spec.storage: a size must be a positive quantity, a class a name.
+        (
+            "size-zero",
+            json!({"nodes": 1, "storage": {"size": "0"}}),
+            SIZE,
+        ),
+        (
+            "size-neg",
+            json!({"nodes": 1, "storage": {"size": "-1Gi"}}),
+            SIZE,
+        ),
+        (
+            "size-words",
+            json!({"nodes": 1, "storage": {"size": "a lot"}}),
+            SIZE,
+        ),
+        (
+            "size-unit",
+            json!({"nodes": 1, "storage": {"size": "1GB"}}),
+            SIZE,
+        ),
+        (
+            "bad-class",
+            json!({"nodes": 1, "storage": {"storageClassName": "Fast SSD"}}),
+            "spec.storage.storageClassName must be the name of a StorageClass",
+        ),
+        (
+            "storage-field",
+            json!({"nodes": 1, "storage": {"sizeGi": 1}}),
+            "unknown field \"spec.storage.sizeGi\"",
         ),
     ];
     for (name, spec, expected) in cases {

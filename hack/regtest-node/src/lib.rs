@@ -8,10 +8,12 @@ mod config;
 mod http;
 mod net;
 mod rpc;
+mod store;
 
 pub use config::{Config, ConfigError, RpcAuth};
 
-use chain::Chain;
+use bitcoin::{Block, ScriptBuf};
+use chain::{Chain, TipChange};
 use net::Net;
 use rand::RngCore;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -62,6 +64,9 @@ pub(crate) struct Shared {
     cookie: String,
     started: Instant,
     chain: Mutex<Chain>,
+    /// The chain on disk when the node has a data directory. Appended
+    /// under the `chain` lock so the file order is the arrival order.
+    store: Option<Mutex<store::BlockStore>>,
     net: Mutex<Net>,
     /// Fault injection: while true the RPC server answers nothing.
     rpc_hang: watch::Sender<bool>,
@@ -84,6 +89,8 @@ impl Shared {
         rpc_addr: SocketAddr,
         p2p_addr: SocketAddr,
         cookie: String,
+        chain: Chain,
+        store: Option<store::BlockStore>,
     ) -> Shared {
         Shared {
             config,
@@ -92,7 +99,8 @@ impl Shared {
             p2p_addr,
             cookie,
             started: Instant::now(),
-            chain: Mutex::new(Chain::new()),
+            chain: Mutex::new(chain),
+            store: store.map(Mutex::new),
             net: Mutex::new(Net::default()),
             rpc_hang: watch::Sender::new(false),
             shutdown: CancellationToken::new(),
@@ -100,6 +108,55 @@ impl Shared {
             addnode_slots: Arc::new(Semaphore::new(net::MAX_ADDNODE_CONNECTIONS)),
             added_timing: net::AddedTiming::CORE,
             network_active: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// Validate and store a block (on disk too, if it is new to us).
+    fn accept_block(&self, block: Block) -> Result<TipChange, Error> {
+        let hash = block.block_hash();
+        let mut chain = self.chain.lock().unwrap();
+        let had = chain.has_block(&hash);
+        let change = chain.accept_block(block, unix_time() as u32)?;
+        if !had {
+            if let Some(block) = chain.get(&hash).and_then(|e| e.block.as_ref()) {
+                self.persist(block);
+            }
+        }
+        Ok(change)
+    }
+
+    /// Mine one block on the tip (see [`Chain::mine`]) and store it.
+    fn mine(&self, script: &ScriptBuf, max_tries: &mut u64) -> Option<(Block, TipChange)> {
+        let mut chain = self.chain.lock().unwrap();
+        let mined = chain.mine(script, unix_time() as u32, max_tries);
+        if let Some((block, _)) = &mined {
+            self.persist(block);
+        }
+        mined
+    }
+
+    /// Append to the block file. A node that cannot write its chain stops,
+    /// as Core does, rather than run on with a chain it would lose.
+    fn persist(&self, block: &Block) {
+        let Some(store) = &self.store else { return };
+        let mut store = store.lock().unwrap();
+        if let Err(e) = store.append(block) {
+            log::error!(
+                "cannot write block {} to {}: {e}; shutting down",
+                block.block_hash(),
+                store.path().display()
+            );
+            self.shutdown.cancel();
+        }
+    }
+
+    /// fsync the block files if anything was written since the last time.
+    fn sync_store(&self) {
+        let Some(store) = &self.store else { return };
+        let mut store = store.lock().unwrap();
+        if let Err(e) = store.sync() {
+            log::error!("cannot sync {}: {e}; shutting down", store.path().display());
+            self.shutdown.cancel();
         }
     }
 }
@@ -139,12 +196,34 @@ impl Node {
             Some(dir) if opts.config.uses_cookie() => Some(write_cookie(dir, &cookie)?),
             _ => None,
         };
+        let (chain, store) = match &opts.datadir {
+            Some(dir) => {
+                let started = Instant::now();
+                let (chain, store, report) = store::open(dir)?;
+                log::info!(
+                    "loaded {} blocks from {} in {} ms: height {}, tip {}{}",
+                    report.blocks,
+                    store.path().display(),
+                    started.elapsed().as_millis(),
+                    chain.height(),
+                    chain.tip_hash(),
+                    match report.orphans {
+                        0 => String::new(),
+                        n => format!(" ({n} stored blocks wait for their parent)"),
+                    }
+                );
+                (chain, Some(store))
+            }
+            None => (Chain::new(), None),
+        };
         let mut shared = Shared::new(
             opts.config,
             opts.bind_ip,
             rpc.local_addr()?,
             p2p.local_addr()?,
             cookie,
+            chain,
+            store,
         );
         shared.added_timing = timing;
         let shared = Arc::new(shared);
@@ -155,6 +234,9 @@ impl Node {
         );
         shared.tasks.spawn(http::serve(shared.clone(), rpc));
         shared.tasks.spawn(net::listen(shared.clone(), p2p));
+        if shared.store.is_some() {
+            shared.tasks.spawn(sync_store_every_second(shared.clone()));
+        }
         for node in shared.config.add_nodes().to_vec() {
             net::add_node(&shared, &node);
         }
@@ -196,10 +278,21 @@ impl Node {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        self.shared.sync_store();
         if let Some(file) = &self.cookie_file {
             let _ = std::fs::remove_file(file);
         }
         log::info!("regtest node on {} stopped", self.shared.rpc_addr);
+    }
+}
+
+/// fsync new blocks once a second until the node stops.
+async fn sync_store_every_second(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => shared.sync_store(),
+        }
     }
 }
 
@@ -286,6 +379,8 @@ mod test_util {
             addr,
             addr,
             "__cookie__:00".into(),
+            Chain::new(),
+            None,
         ))
     }
 
@@ -444,5 +539,31 @@ mod listen_tests {
             .await
             .unwrap();
         assert_eq!(listener.local_addr().unwrap().ip(), Ipv4Addr::LOCALHOST);
+    }
+
+    /// The chain of a node with a data directory survives a restart, and
+    /// the restarted node serves it before it has any peer.
+    #[tokio::test]
+    async fn a_restarted_node_keeps_its_chain() {
+        use super::test_util::{rpc, REGTEST_ADDR};
+        use serde_json::json;
+        let dir = tempfile::tempdir().unwrap();
+        let start = || {
+            let mut config = Config::parse("regtest=1\n").unwrap();
+            config.set_ports(0, 0);
+            Node::start(NodeOptions {
+                bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                config,
+                datadir: Some(dir.path().to_path_buf()),
+            })
+        };
+        let node = start().await.unwrap();
+        rpc(&node, "generatetoaddress", json!([101, REGTEST_ADDR])).unwrap();
+        let tip = rpc(&node, "getbestblockhash", json!([])).unwrap();
+        node.stop().await;
+        let node = start().await.unwrap();
+        assert_eq!(rpc(&node, "getblockcount", json!([])).unwrap(), json!(101));
+        assert_eq!(rpc(&node, "getbestblockhash", json!([])).unwrap(), tip);
+        node.stop().await;
     }
 }

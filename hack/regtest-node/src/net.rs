@@ -973,12 +973,7 @@ impl Session {
     fn on_block(&mut self, block: Block) -> Result<(), Error> {
         let hash = block.block_hash();
         self.shared.net.lock().unwrap().in_flight.remove(&hash);
-        let result = self
-            .shared
-            .chain
-            .lock()
-            .unwrap()
-            .accept_block(block, unix_time() as u32);
+        let result = self.shared.accept_block(block);
         match result {
             Ok(change) => {
                 let height = self

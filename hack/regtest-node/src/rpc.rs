@@ -318,15 +318,13 @@ fn generate(shared: &Arc<Shared>, p: &[Value]) -> Result<Value, Error> {
     };
     let mut hashes = Vec::new();
     for _ in 0..nblocks.max(0) {
-        let mined = shared
-            .chain
-            .lock()
-            .unwrap()
-            .mine(&script, unix_time() as u32, &mut max_tries);
-        let Some((block, change)) = mined else { break };
+        let Some((block, change)) = shared.mine(&script, &mut max_tries) else {
+            break;
+        };
         hashes.push(json!(block.block_hash().to_string()));
         net::announce(shared, &change, None);
     }
+    shared.sync_store();
     Ok(Value::Array(hashes))
 }
 
@@ -821,6 +819,8 @@ mod tests {
                 addr,
                 addr,
                 "__cookie__:00".into(),
+                crate::chain::Chain::new(),
+                None,
             ))
         };
         let none = shared("regtest=1\n");
