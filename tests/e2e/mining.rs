@@ -437,9 +437,10 @@ fn rest_window() -> Duration {
 
 /// Periodic mining: blocks come at the interval (block times at least the
 /// interval minus a second apart, never two at once, at most the interval
-/// plus one resync), with one status write per block; without an interval
-/// the controller writes nothing at rest. Prints the writes of both
-/// windows.
+/// plus one resync); without an interval nothing writes to the network at
+/// rest, and the controller posts no Event. Prints the writes of both
+/// windows: to the network (with the status paths of any write that did
+/// not come with a new block) and cluster-wide.
 #[tokio::test]
 async fn interval_mining_and_writes_at_rest() {
     let admin = admin_client().await;
