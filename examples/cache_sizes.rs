@@ -13,7 +13,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bitcoin_controller::api::BitcoinNetwork;
-use bitcoin_controller::controller::{resources, status};
+use bitcoin_controller::controller::cached::{CachedPod, CachedStatefulSet};
+use bitcoin_controller::controller::resources;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
@@ -160,14 +161,23 @@ fn main() {
         "{:<28} {:>10} {:>12}",
         "cached object", "JSON bytes", "heap bytes"
     );
-    let rows: [(&str, &str, isize); 4] = [
+    let rows: [(&str, &str, isize); 5] = [
         ("Pod, whole", &pod, cached_size::<Pod>(&pod, |p| p)),
         (
             "Pod, as cached",
             &pod,
-            cached_size::<Pod>(&pod, status::cached_pod),
+            cached_size::<CachedPod>(&pod, |p| p),
         ),
-        ("StatefulSet", &sts, cached_size::<StatefulSet>(&sts, |s| s)),
+        (
+            "StatefulSet, whole",
+            &sts,
+            cached_size::<StatefulSet>(&sts, |s| s),
+        ),
+        (
+            "StatefulSet, as cached",
+            &sts,
+            cached_size::<CachedStatefulSet>(&sts, |s| s),
+        ),
         ("Service", &svc, cached_size::<Service>(&svc, |s| s)),
     ];
     for (what, json, bytes) in rows {

@@ -1,6 +1,7 @@
 //! The controller: informers feed event handlers, handlers enqueue network
 //! keys, workers reconcile them (see `docs/architecture.md`).
 
+pub mod cached;
 pub mod connectivity;
 mod events;
 pub mod mining;
@@ -17,8 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::Service;
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use tokio::sync::watch;
@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::BitcoinNetwork;
 use crate::bitcoin::RpcClient;
+use crate::controller::cached::{CachedPod, CachedStatefulSet};
 use crate::informer::{
     wait_for_cache_sync, wait_for_fresh, ApiSource, Informer, Lister, ObjectKey, SyncedFlag,
 };
@@ -144,9 +145,9 @@ impl EventSink for Recorder {
 pub struct Context {
     pub client: Client,
     pub networks: Lister<BitcoinNetwork>,
-    pub statefulsets: Lister<StatefulSet>,
+    pub statefulsets: Lister<CachedStatefulSet>,
     pub services: Lister<Service>,
-    pub pods: Lister<Pod>,
+    pub pods: Lister<CachedPod>,
     pub secrets: SecretCaches,
     pub rpc: RpcClient,
     pub recorder: Arc<dyn EventSink>,
@@ -170,9 +171,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// The four informers every reconcile reads, with their sync flags.
 struct Informers {
     networks: Informer<BitcoinNetwork>,
-    statefulsets: Informer<StatefulSet>,
+    statefulsets: Informer<CachedStatefulSet>,
     services: Informer<Service>,
-    pods: Informer<Pod>,
+    pods: Informer<CachedPod>,
 }
 
 impl Informers {
@@ -184,7 +185,8 @@ impl Informers {
         let ns = opts.namespace.as_deref();
         let resync = (!opts.resync_period.is_zero()).then_some(opts.resync_period);
         Informers {
-            networks: informer(client, ns, None, resync, metrics),
+            networks: informer(client, ns, None, resync, metrics)
+                .with_transform(cached::cached_network),
             statefulsets: informer(
                 client,
                 ns,
@@ -205,8 +207,7 @@ impl Informers {
                 Some(resources::MANAGED_BY_SELECTOR),
                 resync,
                 metrics,
-            )
-            .with_transform(status::cached_pod),
+            ),
         }
     }
 

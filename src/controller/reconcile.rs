@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod, Secret};
+use k8s_openapi::api::core::v1::{Event, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube_client::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube_client::{Api, Resource};
@@ -36,6 +36,7 @@ use crate::bitcoin::{
     derived_salt, is_valid_rpc_user, node_option_lines, random_password, render_bitcoin_conf,
     rpcauth, RpcConfig, RPC_PORT,
 };
+use crate::controller::cached::CachedPod;
 use crate::controller::connectivity::{self, Endpoint};
 use crate::controller::mining::{self, Plan, MINING_KEY};
 use crate::controller::partition;
@@ -251,7 +252,7 @@ fn already_reported(net: &BitcoinNetwork, problem: &Problem) -> bool {
 }
 
 /// The pods of the network's StatefulSet, from the namespace's pods.
-fn network_pods(ctx: &Context, net: &BitcoinNetwork) -> Vec<Arc<Pod>> {
+fn network_pods(ctx: &Context, net: &BitcoinNetwork) -> Vec<Arc<CachedPod>> {
     ctx.pods
         .list_namespaced(net.namespace())
         .into_iter()
@@ -297,7 +298,11 @@ impl Mesh {
 }
 
 /// Validates, builds and applies the owned objects, then syncs the mesh.
-async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<Mesh, Error> {
+async fn converge(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    pods: &[Arc<CachedPod>],
+) -> Result<Mesh, Error> {
     if let Some(message) = resources::spec_problem(net) {
         return Err(Error::Problem(Problem::new(Reason::InvalidSpec, message)));
     }
@@ -359,7 +364,7 @@ async fn converge(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Res
 /// label like every owned object, and its events reach the network through
 /// its owner reference, so a Service the cache has not seen yet is
 /// deleted when its add event arrives, without a GET on every reconcile.
-async fn expose(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>]) -> Result<(), Error> {
+async fn expose(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<CachedPod>]) -> Result<(), Error> {
     let ns = net.namespace();
     let name = resources::rpc_service_name(net);
     let cached = ctx.services.get(ns, &name);
@@ -454,14 +459,19 @@ where
 }
 
 /// Looks up the live version of `wanted` and [`apply`]s it, stamped;
-/// returns the live version found.
-async fn ensure<K>(
+/// returns the live version found (as the cache keeps that kind, `L`).
+async fn ensure<L, K>(
     ctx: &Context,
     net: &BitcoinNetwork,
-    cached: Option<Arc<K>>,
+    cached: Option<Arc<L>>,
     wanted: K,
-) -> Result<Option<Arc<K>>, Error>
+) -> Result<Option<Arc<L>>, Error>
 where
+    L: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Serialize
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
         + Clone
@@ -477,13 +487,14 @@ where
 /// Makes `live` what `wanted` says: server-side apply of the whole object
 /// when it is missing or [`resources::needs_apply`]; an object of that name
 /// this network does not control is left alone and reported.
-async fn apply<K>(
+async fn apply<L, K>(
     ctx: &Context,
     net: &BitcoinNetwork,
-    live: Option<Arc<K>>,
+    live: Option<Arc<L>>,
     wanted: K,
 ) -> Result<(), Error>
 where
+    L: Resource + Serialize,
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
         + Clone
@@ -666,7 +677,7 @@ fn salt_of(value: &str) -> Option<[u8; 16]> {
 async fn pod_creation(
     ctx: &Context,
     net: &BitcoinNetwork,
-    pods: &[Arc<Pod>],
+    pods: &[Arc<CachedPod>],
     sts_uid: &str,
 ) -> Result<(), Error> {
     let desired = net.spec.nodes;
@@ -732,7 +743,12 @@ fn event_time(e: &Event) -> Option<k8s_openapi::jiff::Timestamp> {
 }
 
 /// Syncs the added-node lists of the ready nodes.
-async fn mesh(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], creds: &Credentials) -> Mesh {
+async fn mesh(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    pods: &[Arc<CachedPod>],
+    creds: &Credentials,
+) -> Mesh {
     // Every node with an IP (to tell where a connection leads), and the
     // ready ones, which get synced.
     let mut all = Vec::new();
@@ -831,7 +847,7 @@ fn still_wanted(ctx: &Context, net: &BitcoinNetwork, pod_name: &str, ip: &str) -
     let desired = ctx.networks.get(ns, net.name()).map_or(0, |n| n.spec.nodes);
     ctx.pods.get(ns, pod_name).is_some_and(|pod| {
         status::pod_ready(&pod)
-            && pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()) == Some(ip)
+            && pod.ip.as_deref() == Some(ip)
             && status::ordinal(net, pod_name).is_some_and(|o| o < desired)
     })
 }
@@ -933,7 +949,12 @@ struct Mined {
 /// The mining step: [`mining::decide`] on what the nodes reported, then one
 /// `generatetoaddress` call on the mining node when blocks are due, and the
 /// nodes' reports read again once they have the new tip.
-async fn mine(ctx: &Context, net: &BitcoinNetwork, pods: &[Arc<Pod>], mesh: &mut Mesh) -> Mined {
+async fn mine(
+    ctx: &Context,
+    net: &BitcoinNetwork,
+    pods: &[Arc<CachedPod>],
+    mesh: &mut Mesh,
+) -> Mined {
     let (Some(spec), Some(address)) = (&net.spec.mining, &mesh.mining_address) else {
         return Mined::default();
     };

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{BitcoinNetwork, Storage, API_VERSION, GROUP, KIND};
 use crate::bitcoin::{extra_line_problem, P2P_PORT, RPC_PORT};
+use crate::controller::cached::CachedStatefulSet;
 use crate::controller::mining::MINING_KEY;
 
 /// Label carrying the network name on every object and pod of a network.
@@ -256,14 +257,15 @@ pub fn stamp<K: Resource + Serialize>(mut obj: K) -> K {
 /// another value on `live` (someone changed a field the controller owns).
 /// What `live` has beyond `wanted` (defaults, status, others' labels or
 /// containers) is not drift.
-pub fn needs_apply<K: Resource + Serialize>(live: &K, wanted: &K) -> bool {
-    let stamp_of = |k: &K| {
-        k.meta()
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(SPEC_HASH_ANNOTATION).cloned())
-    };
-    if stamp_of(live) != stamp_of(wanted) {
+pub fn needs_apply<L, K>(live: &L, wanted: &K) -> bool
+where
+    L: Resource + Serialize,
+    K: Resource + Serialize,
+{
+    fn stamp_of(meta: &ObjectMeta) -> Option<&String> {
+        meta.annotations.as_ref()?.get(SPEC_HASH_ANNOTATION)
+    }
+    if stamp_of(live.meta()) != stamp_of(wanted.meta()) {
         return true;
     }
     let (Ok(live), Ok(wanted)) = (serde_json::to_value(live), serde_json::to_value(wanted)) else {
@@ -641,24 +643,24 @@ fn claim_retention_policy(storage: &Storage) -> StatefulSetPersistentVolumeClaim
 /// fight over the spelling. Where they cover them (the usual case), the
 /// built ones stay, and so does the stamp. Admission refuses a change of
 /// `spec.storage` but for `retain`, which the retention policy follows.
-pub fn keep_claim_templates(mut wanted: StatefulSet, live: Option<&StatefulSet>) -> StatefulSet {
-    let templates = |sts: &StatefulSet| {
-        sts.spec
-            .as_ref()
-            .and_then(|s| s.volume_claim_templates.clone())
-    };
+pub fn keep_claim_templates(
+    mut wanted: StatefulSet,
+    live: Option<&CachedStatefulSet>,
+) -> StatefulSet {
     let Some(live) = live else { return wanted };
-    let have = templates(live);
-    let covered = match (
-        serde_json::to_value(&have),
-        serde_json::to_value(templates(&wanted)),
-    ) {
-        (Ok(have), Ok(want)) => covers(&have, &want),
-        _ => false,
-    };
-    if !covered {
+    let have = live
+        .spec()
+        .get_mut("volumeClaimTemplates")
+        .map_or(Value::Null, Value::take);
+    let want = wanted
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_claim_templates.as_ref())
+        .and_then(|t| serde_json::to_value(t).ok())
+        .unwrap_or(Value::Null);
+    if !covers(&have, &want) {
         if let Some(spec) = wanted.spec.as_mut() {
-            spec.volume_claim_templates = have;
+            spec.volume_claim_templates = serde_json::from_value(have).ok();
         }
     }
     wanted
@@ -952,7 +954,7 @@ mod tests {
         template["apiVersion"] = json!("v1");
         template["kind"] = json!("PersistentVolumeClaim");
         template["status"] = json!({"phase": "Pending"});
-        let live: StatefulSet = serde_json::from_value(stored.clone()).unwrap();
+        let live: CachedStatefulSet = serde_json::from_value(stored.clone()).unwrap();
         let wanted = stamp(keep_claim_templates(built.clone(), Some(&live)));
         assert_eq!(wanted, stamp(built.clone()));
         assert!(!needs_apply(&live, &wanted));
@@ -962,10 +964,13 @@ mod tests {
         let built_1024 = statefulset(&storage("1024Mi", false), "h");
         let wanted = stamp(keep_claim_templates(built_1024.clone(), Some(&live)));
         let templates = |s: &StatefulSet| s.spec.as_ref().unwrap().volume_claim_templates.clone();
-        assert_eq!(templates(&wanted), templates(&live));
+        assert_eq!(
+            serde_json::to_value(templates(&wanted)).unwrap(),
+            live.spec()["volumeClaimTemplates"]
+        );
         let mut applied = serde_json::to_value(&wanted).unwrap();
         applied["spec"]["volumeClaimTemplates"] = stored["spec"]["volumeClaimTemplates"].clone();
-        let live_after: StatefulSet = serde_json::from_value(applied).unwrap();
+        let live_after: CachedStatefulSet = serde_json::from_value(applied).unwrap();
         let again = stamp(keep_claim_templates(built_1024, Some(&live_after)));
         assert!(!needs_apply(&live_after, &again));
 
@@ -981,7 +986,7 @@ mod tests {
         assert_eq!(policy.unwrap().when_deleted.as_deref(), Some("Retain"));
 
         // A live StatefulSet without claims (an emptyDir network) keeps none.
-        let plain = stamp(statefulset(&net(3), "h"));
+        let plain = CachedStatefulSet::from(stamp(statefulset(&net(3), "h")));
         let wanted = keep_claim_templates(statefulset(&storage("1Gi", false), "h"), Some(&plain));
         assert_eq!(templates(&wanted), None);
     }

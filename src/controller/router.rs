@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_client::Resource;
 
 use crate::api::{BitcoinNetwork, GROUP, KIND};
+use crate::controller::cached::{CachedPod, CachedStatefulSet};
 use crate::controller::resources::controller_of;
 use crate::informer::{EventHandler, Lister, ObjectKey};
 use crate::workqueue::WorkQueue;
@@ -19,14 +19,14 @@ use crate::workqueue::WorkQueue;
 pub struct Router {
     queue: WorkQueue<ObjectKey>,
     networks: Lister<BitcoinNetwork>,
-    statefulsets: Lister<StatefulSet>,
+    statefulsets: Lister<CachedStatefulSet>,
 }
 
 impl Router {
     pub fn new(
         queue: WorkQueue<ObjectKey>,
         networks: Lister<BitcoinNetwork>,
-        statefulsets: Lister<StatefulSet>,
+        statefulsets: Lister<CachedStatefulSet>,
     ) -> Self {
         Router {
             queue,
@@ -113,7 +113,7 @@ impl Route for BitcoinNetwork {
     }
 }
 
-impl Route for StatefulSet {
+impl Route for CachedStatefulSet {
     fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
         router.owner_of(&obj.metadata).into_iter().collect()
     }
@@ -125,7 +125,7 @@ impl Route for Service {
     }
 }
 
-impl Route for Pod {
+impl Route for CachedPod {
     fn networks(router: &Router, obj: &Self) -> Vec<ObjectKey> {
         router.owner_of_pod(&obj.metadata).into_iter().collect()
     }
@@ -174,6 +174,7 @@ mod tests {
     use super::*;
     use crate::api::BitcoinNetworkSpec;
     use crate::controller::resources::owner_reference;
+    use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
     fn network(name: &str, uid: &str, secret: Option<&str>) -> BitcoinNetwork {
@@ -232,7 +233,7 @@ mod tests {
         let router = Router::new(
             queue.clone(),
             Lister::from_objects([net, other]),
-            Lister::from_objects([sts]),
+            Lister::from_objects([CachedStatefulSet::from(sts)]),
         );
         (router, queue)
     }
@@ -247,16 +248,17 @@ mod tests {
                     ..Default::default()
                 },
             ),
-            "StatefulSet" => StatefulSet::networks(
+            "StatefulSet" => CachedStatefulSet::networks(
                 router,
                 &StatefulSet {
                     metadata: meta,
                     ..Default::default()
-                },
+                }
+                .into(),
             ),
-            "Pod" => Pod::networks(
+            "Pod" => CachedPod::networks(
                 router,
-                &Pod {
+                &CachedPod {
                     metadata: meta,
                     ..Default::default()
                 },
@@ -392,16 +394,16 @@ mod tests {
     async fn pod_readiness_change_and_delete_enqueue_at_once() {
         let (r, queue) = router();
         let pod = |rv: &str| {
-            Arc::new(Pod {
+            Arc::new(CachedPod {
                 metadata: meta("net-sts-1", Some(sts_owner("net-sts", "s1")), rv),
-                ..Pod::default()
+                ..CachedPod::default()
             })
         };
-        EventHandler::<Pod>::on_update(&r, &pod("1"), &pod("2"));
+        EventHandler::<CachedPod>::on_update(&r, &pod("1"), &pod("2"));
         assert_eq!(queue.len(), 1);
         let key = queue.get().await.unwrap();
         queue.done(&key);
-        EventHandler::<Pod>::on_delete(&r, &pod("2"));
+        EventHandler::<CachedPod>::on_delete(&r, &pod("2"));
         assert_eq!(queue.len(), 1);
     }
 

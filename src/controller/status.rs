@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus, Service};
+use k8s_openapi::api::core::v1::Service;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
@@ -12,6 +12,7 @@ use crate::api::{
     CONDITION_DEGRADED, CONDITION_PROGRESSING, CONDITION_READY, CONDITION_SYNCED,
 };
 use crate::bitcoin::RPC_PORT;
+use crate::controller::cached::CachedPod;
 use crate::controller::mining::network_mining_node;
 use crate::controller::partition;
 use crate::controller::problem::Problem;
@@ -40,53 +41,17 @@ pub fn ordinal(net: &BitcoinNetwork, pod_name: &str) -> Option<i32> {
         .filter(|n: &i32| *n >= 0)
 }
 
-/// What the pod cache keeps of a Pod: its metadata, IP, phase and Ready
-/// condition, which is all the controller reads of pods. The spec and the
-/// rest of the status (container statuses, the other conditions) are most
-/// of a Pod's size, so the cache costs about a tenth of what whole pods
-/// would.
-pub fn cached_pod(pod: Pod) -> Pod {
-    let status = pod.status.map(|s| PodStatus {
-        pod_ip: s.pod_ip,
-        phase: s.phase,
-        conditions: s.conditions.map(|conditions| {
-            conditions
-                .into_iter()
-                .filter(|c| c.type_ == "Ready")
-                .map(|c| PodCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    ..PodCondition::default()
-                })
-                .collect()
-        }),
-        ..PodStatus::default()
-    });
-    Pod {
-        metadata: pod.metadata,
-        spec: None,
-        status,
-    }
-}
-
 /// A node is ready when its pod is Ready, has an IP and is not being deleted.
-pub fn pod_ready(pod: &Pod) -> bool {
-    let Some(status) = &pod.status else {
-        return false;
-    };
+pub fn pod_ready(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
-        && status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+        && pod.ip.as_deref().is_some_and(|ip| !ip.is_empty())
+        && pod.ready
 }
 
 /// The status nodes, one per pod of the network's StatefulSet, by ordinal.
 pub fn nodes<'a>(
     net: &BitcoinNetwork,
-    pods: impl IntoIterator<Item = &'a Pod>,
+    pods: impl IntoIterator<Item = &'a CachedPod>,
     reports: &HashMap<String, NodeReport>,
 ) -> Vec<BitcoinNetworkNode> {
     let mut nodes: Vec<_> = pods
@@ -98,11 +63,7 @@ pub fn nodes<'a>(
             Some(BitcoinNetworkNode {
                 ordinal,
                 ready: pod_ready(pod),
-                ip: pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.pod_ip.clone())
-                    .unwrap_or_default(),
+                ip: pod.ip.clone().unwrap_or_default(),
                 node_name: name.to_owned(),
                 pod_name: name.to_owned(),
                 dns_name: dns_name(net, name),
@@ -368,7 +329,6 @@ pub fn compute(
 mod tests {
     use super::*;
     use crate::api::BitcoinNetworkSpec;
-    use k8s_openapi::api::core::v1::{Container, PodSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
     fn net() -> BitcoinNetwork {
@@ -384,65 +344,14 @@ mod tests {
         n
     }
 
-    fn pod(name: &str, ip: Option<&str>, ready: bool) -> Pod {
-        Pod {
+    fn pod(name: &str, ip: Option<&str>, ready: bool) -> CachedPod {
+        CachedPod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
             },
-            status: Some(PodStatus {
-                pod_ip: ip.map(Into::into),
-                conditions: Some(vec![PodCondition {
-                    type_: "Ready".into(),
-                    status: if ready { "True" } else { "False" }.into(),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// The cache's copy of a pod reads the same as the whole pod in
-    /// everything the controller asks of pods, and has no spec.
-    #[test]
-    fn a_cached_pod_keeps_what_the_controller_reads() {
-        let mut whole = pod("net-sts-1", Some("10.0.0.7"), true);
-        whole.metadata.namespace = Some("ns".into());
-        whole.metadata.labels = Some([(NETWORK_LABEL.to_owned(), "net".to_owned())].into());
-        whole.spec = Some(PodSpec {
-            containers: vec![Container {
-                name: "bitcoind".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        let status = whole.status.as_mut().unwrap();
-        status.phase = Some("Running".into());
-        status.conditions.as_mut().unwrap().push(PodCondition {
-            type_: "ContainersReady".into(),
-            status: "True".into(),
-            ..Default::default()
-        });
-        for ready in [true, false] {
-            let mut whole = whole.clone();
-            whole.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status =
-                if ready { "True" } else { "False" }.into();
-            let cached = cached_pod(whole.clone());
-            assert_eq!(cached.metadata, whole.metadata);
-            assert_eq!(cached.spec, None);
-            assert_eq!(pod_ready(&cached), ready);
-            assert_eq!(
-                nodes(&net(), [&cached], &HashMap::new()),
-                nodes(&net(), [&whole], &HashMap::new())
-            );
-            let status = cached.status.unwrap();
-            assert_eq!(status.phase.as_deref(), Some("Running"));
-            assert_eq!(
-                status.conditions.unwrap().len(),
-                1,
-                "the Ready condition only"
-            );
+            ip: ip.map(Into::into),
+            ready,
         }
     }
 
@@ -465,7 +374,7 @@ mod tests {
         let mut deleting = pod("a", Some("127.0.0.2"), true);
         deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
         assert!(!pod_ready(&deleting));
-        assert!(!pod_ready(&Pod::default()));
+        assert!(!pod_ready(&CachedPod::default()));
     }
 
     #[test]
@@ -553,7 +462,7 @@ mod tests {
     }
 
     /// Reports of the nodes `pods`, all at `height` with hash `h<height>`.
-    fn at(pods: &[Pod], height: u64) -> HashMap<String, NodeReport> {
+    fn at(pods: &[CachedPod], height: u64) -> HashMap<String, NodeReport> {
         pods.iter()
             .map(|p| {
                 (
@@ -569,7 +478,7 @@ mod tests {
             .collect()
     }
 
-    fn ready3() -> [Pod; 3] {
+    fn ready3() -> [CachedPod; 3] {
         [
             pod("net-sts-0", Some("127.0.0.2"), true),
             pod("net-sts-1", Some("127.0.0.3"), true),
@@ -596,7 +505,7 @@ mod tests {
         // (pods, reports, mesh complete, initialBlocks, problem)
         //   -> (Ready, Synced, Progressing, Degraded)
         type Case<'a> = (
-            &'a [Pod],
+            &'a [CachedPod],
             &'a HashMap<String, NodeReport>,
             bool,
             Option<i64>,
@@ -831,7 +740,7 @@ mod tests {
         let mut reports = at(&pods, 7);
         reports.insert("net-sts-1".into(), at(&pods[1..2], 8)["net-sts-1"].clone());
         let mut n = net();
-        let height = |n: &BitcoinNetwork, pods: &[Pod]| {
+        let height = |n: &BitcoinNetwork, pods: &[CachedPod]| {
             let s = compute(n, nodes(n, pods, &reports), true, None, None, None, &now());
             (s.height, s.best_block_hash.clone(), s)
         };

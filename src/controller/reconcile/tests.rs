@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{Pod, PodStatus, Secret, Service};
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_client::client::Body;
 use kube_client::Client;
@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::api::BitcoinNetworkSpec;
 use crate::bitcoin::RpcClient;
+use crate::controller::cached::{CachedPod, CachedStatefulSet};
 use crate::controller::resources::credentials_secret;
 use crate::controller::{Context, EventSink, SecretCaches, SecretView};
 use crate::informer::Lister;
@@ -118,7 +119,7 @@ impl Captured {
 struct World {
     statefulsets: Vec<StatefulSet>,
     services: Vec<Service>,
-    pods: Vec<Pod>,
+    pods: Vec<CachedPod>,
     secrets: Vec<Secret>,
 }
 
@@ -142,7 +143,13 @@ fn context(client: Client, net: &BitcoinNetwork, world: &World) -> (Context, Arc
     let ctx = Context {
         client,
         networks: Lister::from_objects([net.clone()]),
-        statefulsets: Lister::from_objects(world.statefulsets.clone()),
+        statefulsets: Lister::from_objects(
+            world
+                .statefulsets
+                .iter()
+                .cloned()
+                .map(CachedStatefulSet::from),
+        ),
         services: Lister::from_objects(world.services.clone()),
         pods: Lister::from_objects(world.pods.clone()),
         secrets: SecretCaches::fixed(SecretView::from_lister(Lister::from_objects(
@@ -167,7 +174,7 @@ fn settled(net: &BitcoinNetwork) -> World {
     let conf = bitcoin_conf(net, &c, None);
     let hash = resources::content_hash(conf.as_bytes());
     let pods = (0..net.spec.nodes)
-        .map(|i| Pod {
+        .map(|i| CachedPod {
             metadata: ObjectMeta {
                 name: Some(format!("net-sts-{i}")),
                 namespace: Some("ns".into()),
@@ -178,7 +185,6 @@ fn settled(net: &BitcoinNetwork) -> World {
                 ..Default::default()
             },
             // Not ready yet: no RPC in these tests.
-            status: Some(PodStatus::default()),
             ..Default::default()
         })
         .collect();
@@ -633,13 +639,8 @@ async fn only_nodes_still_wanted_count_as_rpc_failures() {
     let mut world = settled(&network(2));
     // Both pods ready at addresses nothing listens on: every RPC fails.
     for (i, pod) in world.pods.iter_mut().enumerate() {
-        pod.status = Some(
-            serde_json::from_value(json!({
-                "podIP": format!("127.77.0.{}", i + 1),
-                "conditions": [{"type": "Ready", "status": "True"}],
-            }))
-            .unwrap(),
-        );
+        pod.ip = Some(format!("127.77.0.{}", i + 1));
+        pod.ready = true;
     }
     // The cached objects were built for 2 nodes: the StatefulSet is applied
     // down to 1, the rest stays.
@@ -833,13 +834,8 @@ async fn the_rpc_service_follows_spec_service() {
     // Node 1 ready, node 0 not: one write moves the selector (the RPC of
     // node 1 fails here, nothing listens at its address).
     let mut moved = world.clone();
-    moved.pods[1].status = Some(
-        serde_json::from_value(json!({
-            "podIP": "127.77.0.2",
-            "conditions": [{"type": "Ready", "status": "True"}],
-        }))
-        .unwrap(),
-    );
+    moved.pods[1].ip = Some("127.77.0.2".into());
+    moved.pods[1].ready = true;
     let (client, calls) = fake_api(default_answer);
     let (ctx, _) = context(client, &net, &moved);
     let _ = reconcile(&ctx, &ObjectKey::new("ns", "net")).await;
