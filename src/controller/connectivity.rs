@@ -178,6 +178,12 @@ pub struct NodeOutcome {
 /// wanted peers that are not connected, and (when `groups` partitions the
 /// network) closes connections between groups. `nodes`: every node with an
 /// IP, ready or not, to tell which group a connection leads to.
+///
+/// Two rounds over the nodes: first every added-node list, then the
+/// disconnects. A node whose connection is closed while it still has the
+/// other side added would dial it again (its added-node loop), and the
+/// nodes are synced concurrently, so no connection across groups is closed
+/// before every node has dropped the other groups from its list.
 pub async fn sync(
     rpc: &RpcClient,
     user: &str,
@@ -186,22 +192,14 @@ pub async fn sync(
     nodes: &[Endpoint],
     groups: &[Vec<i32>],
 ) -> Vec<NodeOutcome> {
-    let group_by_ip: HashMap<IpAddr, usize> = nodes
-        .iter()
-        .filter_map(|n| {
-            let ip = n.ip.parse::<IpAddr>().ok()?.to_canonical();
-            Some((ip, group_of(groups, n.ordinal)))
-        })
-        .collect();
-    let group_by_ip = &group_by_ip;
-    stream::iter(ready.iter().cloned())
+    let cfg = |node: &Endpoint| RpcConfig {
+        host: node.ip.clone(),
+        port: RPC_PORT,
+        user: user.to_owned(),
+        password: password.to_owned(),
+    };
+    let mut outcomes: Vec<(Endpoint, NodeOutcome)> = stream::iter(ready.iter().cloned())
         .map(|node| async move {
-            let cfg = RpcConfig {
-                host: node.ip.clone(),
-                port: RPC_PORT,
-                user: user.to_owned(),
-                password: password.to_owned(),
-            };
             let wanted = wanted_peers(&node, ready, groups);
             let mut outcome = NodeOutcome {
                 pod_name: node.pod_name.clone(),
@@ -212,21 +210,39 @@ pub async fn sync(
                 disconnected: Vec::new(),
                 result: Ok(NodeReport::default()),
             };
-            let partition =
-                (!groups.is_empty()).then(|| (group_of(groups, node.ordinal), group_by_ip));
-            outcome.result = sync_node(rpc, &cfg, &wanted, partition, &mut outcome).await;
-            outcome
+            outcome.result = sync_node(rpc, &cfg(&node), &wanted, &mut outcome).await;
+            (node, outcome)
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
-        .await
+        .await;
+    if groups.is_empty() {
+        return outcomes.into_iter().map(|(_, o)| o).collect();
+    }
+    let group_by_ip: HashMap<IpAddr, usize> = nodes
+        .iter()
+        .filter_map(|n| {
+            let ip = n.ip.parse::<IpAddr>().ok()?.to_canonical();
+            Some((ip, group_of(groups, n.ordinal)))
+        })
+        .collect();
+    let group_by_ip = &group_by_ip;
+    stream::iter(outcomes.iter_mut().filter(|(_, o)| o.result.is_ok()))
+        .for_each_concurrent(CONCURRENCY, |(node, outcome)| async move {
+            let mine = group_of(groups, node.ordinal);
+            if let Err(e) = cut(rpc, &cfg(node), mine, group_by_ip, outcome).await {
+                outcome.result = Err(e);
+            }
+        })
+        .await;
+    outcomes.into_iter().map(|(_, o)| o).collect()
 }
 
+/// One node's added-node list and dials; its report.
 async fn sync_node(
     rpc: &RpcClient,
     cfg: &RpcConfig,
     wanted: &BTreeSet<String>,
-    partition: Option<(usize, &HashMap<IpAddr, usize>)>,
     outcome: &mut NodeOutcome,
 ) -> Result<NodeReport, RpcError> {
     let added = rpc.get_added_node_info(cfg).await?;
@@ -242,13 +258,6 @@ async fn sync_node(
     for addr in nudges(&added, wanted) {
         rpc.try_node(cfg, &addr).await?;
         outcome.tried.push(addr);
-    }
-    if let Some((mine, group_by_ip)) = partition {
-        let peers = rpc.get_peer_info(cfg).await?;
-        for addr in cross_group(&peers, mine, group_by_ip) {
-            rpc.disconnect_node(cfg, &addr).await?;
-            outcome.disconnected.push(addr);
-        }
     }
     let connected: HashMap<String, bool> = added
         .iter()
@@ -267,9 +276,26 @@ async fn sync_node(
     })
 }
 
+/// Closes the node's connections into groups other than `mine`.
+async fn cut(
+    rpc: &RpcClient,
+    cfg: &RpcConfig,
+    mine: usize,
+    group_by_ip: &HashMap<IpAddr, usize>,
+    outcome: &mut NodeOutcome,
+) -> Result<(), RpcError> {
+    let peers = rpc.get_peer_info(cfg).await?;
+    for addr in cross_group(&peers, mine, group_by_ip) {
+        rpc.disconnect_node(cfg, &addr).await?;
+        outcome.disconnected.push(addr);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn ep(pod: &str, ip: &str) -> Endpoint {
         let ordinal = pod.bytes().next().map_or(0, |b| i32::from(b - b'a'));
@@ -513,5 +539,125 @@ mod tests {
         assert_eq!(ep("a", "fd00::1").peer_address(), "[fd00::1]:18444");
         assert_eq!(normalize("[fd00::1]"), "[fd00::1]:18444");
         assert_eq!(normalize("fd00::1"), "[fd00::1]:18444");
+    }
+
+    /// What a fake node was asked: (node, method, first parameter).
+    type Calls = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+    /// A fake node at `ip`:18443, fully meshed with `others`, answering the
+    /// calls of a sync (after `delay`) and recording them in `calls`.
+    async fn fake_node(ip: &str, others: Vec<String>, delay: Duration, calls: Calls) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind((ip, RPC_PORT)).await.unwrap();
+        let ip = ip.to_owned();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (ip, others, calls) = (ip.clone(), others.clone(), calls.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let body = loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&buf).to_string();
+                        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                            continue;
+                        };
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break body.to_owned();
+                        }
+                    };
+                    let request: serde_json::Value = serde_json::from_str(&body).unwrap();
+                    let method = request["method"].as_str().unwrap().to_owned();
+                    tokio::time::sleep(delay).await;
+                    let first = request["params"][0].as_str().unwrap_or_default().to_owned();
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push((ip.clone(), method.clone(), first));
+                    let peer = |o: &String| format!("{o}:{P2P_PORT}");
+                    let result = match method.as_str() {
+                        "getaddednodeinfo" => serde_json::Value::from(
+                            others
+                                .iter()
+                                .map(|o| serde_json::json!({"addednode": peer(o), "connected": true, "addresses": []}))
+                                .collect::<Vec<_>>(),
+                        ),
+                        "getpeerinfo" => serde_json::Value::from(
+                            others
+                                .iter()
+                                .map(|o| serde_json::json!({"addr": peer(o)}))
+                                .collect::<Vec<_>>(),
+                        ),
+                        "getblockchaininfo" => serde_json::json!({"chain": "regtest", "blocks": 0, "headers": 0, "bestblockhash": "00"}),
+                        _ => serde_json::Value::Null,
+                    };
+                    let body =
+                        serde_json::json!({"result": result, "error": null, "id": request["id"]})
+                            .to_string();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+    }
+
+    /// Splitting a meshed network: no connection is closed before every
+    /// node has dropped the other group from its added nodes, even when one
+    /// node answers slowly (a node whose connection is closed while the
+    /// other side is still added would dial it again).
+    #[tokio::test]
+    async fn a_partition_closes_connections_only_after_every_list_is_cut() {
+        let ips = ["127.88.0.1", "127.88.0.2", "127.88.0.3"];
+        let calls = Calls::default();
+        for (i, ip) in ips.iter().enumerate() {
+            let others = ips
+                .iter()
+                .filter(|o| *o != ip)
+                .map(|o| o.to_string())
+                .collect();
+            let delay = Duration::from_millis(if i == 2 { 300 } else { 0 });
+            fake_node(ip, others, delay, calls.clone()).await;
+        }
+        let nodes: Vec<Endpoint> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| Endpoint {
+                pod_name: format!("net-sts-{i}"),
+                ip: ip.to_string(),
+                ordinal: i as i32,
+            })
+            .collect();
+        let rpc = RpcClient::new(Duration::from_secs(2), Duration::from_secs(5));
+        let outcomes = sync(&rpc, "u", "p", &nodes, &nodes, &[vec![0, 1], vec![2]]).await;
+        for o in &outcomes {
+            assert!(o.result.is_ok(), "{}: {:?}", o.pod_name, o.result);
+        }
+        let calls = calls.lock().unwrap().clone();
+        let removes: Vec<_> = calls.iter().filter(|(_, m, _)| m == "addnode").collect();
+        assert_eq!(removes.len(), 4, "each side drops the other: {calls:?}");
+        let last_remove = calls.iter().rposition(|(_, m, _)| m == "addnode").unwrap();
+        let first_cut = calls
+            .iter()
+            .position(|(_, m, _)| m == "disconnectnode")
+            .expect("connections cut");
+        assert!(
+            last_remove < first_cut,
+            "a connection was cut before every list was: {calls:?}"
+        );
     }
 }
