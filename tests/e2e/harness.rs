@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkSpec};
 use bitcoin_controller::bitcoin::{RpcClient, RpcConfig, RPC_PORT};
 use bitcoin_controller::controller::resources::{secret_value, PASSWORD_KEY, USER_KEY};
-use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_client::api::{DeleteParams, ListParams, PostParams};
+use kube_client::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube_client::config::{KubeConfigOptions, Kubeconfig};
 use kube_client::{Api, Client, Config};
 use serde_json::Value;
@@ -643,4 +643,40 @@ pub async fn wait_for_event(
     })
     .await;
     event
+}
+
+/// Sets `BC_RPC_PASSWORD` of the user's Secret `secret` in `ns` to
+/// `password`; returns the uids of the pods of `ns` from just before, for
+/// [`pods_since`].
+pub async fn rotate_password(
+    client: &Client,
+    ns: &str,
+    secret: &str,
+    password: &str,
+) -> Vec<String> {
+    let before = pods_since(client, ns, &[]).await.expect("list pods").0;
+    let patch = serde_json::json!({"stringData": {PASSWORD_KEY: password}});
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .patch(secret, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .expect("change the password");
+    before.into_iter().filter_map(|p| p.metadata.uid).collect()
+}
+
+/// The pods of `ns`, and how many of them are not among the uids `before`.
+pub async fn pods_since(
+    client: &Client,
+    ns: &str,
+    before: &[String],
+) -> Result<(Vec<Pod>, usize), String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?
+        .items;
+    let fresh = pods
+        .iter()
+        .filter(|p| p.metadata.uid.as_ref().is_some_and(|u| !before.contains(u)))
+        .count();
+    Ok((pods, fresh))
 }

@@ -9,9 +9,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube_client::api::{ListParams, Patch, PatchParams, PostParams};
+use kube_client::api::{ListParams, PostParams};
 use kube_client::{Api, Client};
-use serde_json::json;
 
 use crate::harness::*;
 
@@ -216,37 +215,17 @@ async fn user_secret_and_rotation() {
     report("secret-user", "ready with a user-provided Secret", took);
     let nodes = Nodes::for_network(&admin, &ns.name, "creds").await;
     nodes.wait_for_mesh(&ips(&status)).await;
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns.name);
-    let uids = |list: Vec<Pod>| {
-        list.into_iter()
-            .map(|p| p.metadata.uid.unwrap())
-            .collect::<Vec<_>>()
-    };
-    let before = uids(pods.list(&ListParams::default()).await.unwrap().items);
-
-    secrets
-        .patch(
-            "creds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"BC_RPC_PASSWORD": "second-password-9876543210"}})),
-        )
-        .await
-        .unwrap();
+    let before = rotate_password(&admin, &ns.name, "creds", "second-password-9876543210").await;
     let (status, took) = wait_for(
         "every pod rolled to the new configuration",
         CONVERGE,
         || async {
-            let list = pods
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items;
+            let (list, fresh) = pods_since(&admin, &ns.name, &before).await?;
             let mut pod_ips: Vec<String> = list
                 .iter()
                 .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
                 .collect();
             pod_ips.sort();
-            let fresh = uids(list).iter().filter(|u| !before.contains(u)).count();
             let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
             let s = nets
                 .get("net")

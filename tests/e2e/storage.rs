@@ -367,37 +367,14 @@ async fn real_node_storage_keeps_the_chain() {
     assert!(loaded.contains("height 101"), "{loaded}");
 
     // Rotate the password: every pod rolls, every node keeps its height.
-    let before: Vec<Option<String>> = pods
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|p| p.metadata.uid)
-        .collect();
-    secrets
-        .patch(
-            "creds",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"stringData": {"BC_RPC_PASSWORD": "second-password-9876543210"}})),
-        )
-        .await
-        .unwrap();
+    let before = rotate_password(&admin, &ns.name, "creds", "second-password-9876543210").await;
     let rotated = Instant::now();
     let new_nodes = Nodes::for_network(&admin, &ns.name, "creds").await;
     let (heights_after, _) = wait_for(
         "every pod rolled and every node at height 101",
         Duration::from_secs(240),
         || async {
-            let list = pods
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?
-                .items;
-            let fresh = list
-                .iter()
-                .filter(|p| !before.contains(&p.metadata.uid))
-                .count();
+            let (_, fresh) = pods_since(&admin, &ns.name, &before).await?;
             let nets: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
             let s = nets
                 .get("net")
