@@ -63,9 +63,20 @@ async fn partition_mines_apart_and_heals_to_the_most_work_chain() {
     let nodes = Nodes::for_network(&admin, &ns.name, "net").await;
     nodes.wait_for_mesh(&ips).await;
 
-    // Split: 0 and 1 against 2.
+    // Split: 0 and 1 against 2. Ready at the new generation (what
+    // `kubectl wait` waits for) comes from a reconcile of the partition that
+    // found nothing left to cut: a dial still in flight when the groups
+    // were cut (an `addnode onetry` of an earlier reconcile) has landed by
+    // then, and was cut too.
     let split = Instant::now();
     set_partitions(&admin, &ns.name, "net", json!([[0, 1], [2]])).await;
+    let (_, took) = wait_for_status(&admin, &ns.name, "net", "Ready at generation 2", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True" && c.observed_generation == Some(2))
+    })
+    .await;
+    report("partition", "Ready with the partition", took);
     let (_, took) = wait_for("the groups cut apart", CONVERGE, || async {
         let a = nodes.peers_among(&ips[0], &[&ips[1], &ips[2]]).await?;
         let b = nodes.peers_among(&ips[1], &[&ips[0], &ips[2]]).await?;
