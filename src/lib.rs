@@ -9,6 +9,7 @@ pub mod bitcoin;
 pub mod controller;
 pub mod informer;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod server;
 pub mod workqueue;

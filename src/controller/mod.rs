@@ -351,6 +351,7 @@ pub async fn run(opts: Options) -> Result<(), Box<dyn std::error::Error>> {
     });
     let mut tasks: JoinSet<&'static str> = JoinSet::new();
     informers.spawn(&mut tasks, &informer_stop);
+    crate::memory::spawn_trimmer();
 
     // Without leader election this process leads from the start. With it,
     // the campaign runs while the caches fill, and a standby keeps its
