@@ -128,33 +128,6 @@ impl<'de> Deserialize<'de> for CachedPod {
     }
 }
 
-impl Resource for CachedPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Pod::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Pod::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Pod::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        Pod::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Pod::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
-
 /// A StatefulSet as cached: read from the API like a `StatefulSet` (same
 /// resource), kept as metadata plus the spec's JSON text.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -213,32 +186,42 @@ impl Serialize for CachedStatefulSet {
     }
 }
 
-impl Resource for CachedStatefulSet {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// `Resource` for a compact cached type: the API identity of the kind it
+/// stands for (so it is listed and watched at that kind's path), its own
+/// metadata.
+macro_rules! resource_as {
+    ($cached:ty, $kind:ty) => {
+        impl Resource for $cached {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        StatefulSet::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        StatefulSet::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        StatefulSet::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        StatefulSet::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        StatefulSet::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn kind(_: &()) -> Cow<'_, str> {
+                <$kind>::kind(&())
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                <$kind>::group(&())
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                <$kind>::version(&())
+            }
+            fn api_version(_: &()) -> Cow<'_, str> {
+                <$kind>::api_version(&())
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                <$kind>::plural(&())
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+
+resource_as!(CachedPod, Pod);
+resource_as!(CachedStatefulSet, StatefulSet);
 
 #[cfg(test)]
 mod tests {
