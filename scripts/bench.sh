@@ -94,8 +94,11 @@ busy_pct() { # before-"busy total" after-"busy total"
 	awk -v b="$1" -v a="$2" 'BEGIN {split(b, x, " "); split(a, y, " "); t = y[2] - x[2]; printf "%.0f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0)}'
 }
 
-# The control-plane processes scripts/local-cluster.sh started (pid files).
-COMPONENTS=(etcd kube-apiserver kube-controller-manager podsim)
+# The control-plane processes and every podsim (BC_PODSIM_NODES).
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
+for pid_file in "$BC_CLUSTER_DIR"/pids/podsim*.pid; do
+	if [[ -e "$pid_file" ]]; then COMPONENTS+=("$(basename "$pid_file" .pid)"); fi
+done
 component_pid() {
 	local pid _
 	read -r pid _ 2>/dev/null <"$BC_CLUSTER_DIR/pids/$1.pid" || return 0

@@ -178,6 +178,7 @@ load_cluster_env() {
 	# shellcheck source=/dev/null
 	source "${CLUSTER_ENV}"
 	POD_IP_PREFIX="${POD_IP_PREFIX:-127.1}"
+	PODSIM_NODES="${PODSIM_NODES:-1}"
 	NODE_LANE="${NODE_LANE:-podsim}"
 	lane_settings
 }
@@ -203,11 +204,15 @@ prepare_cluster_env() {
 		APISERVER_PORT="${BC_APISERVER_PORT:-16443}"
 		KCM_PORT="${BC_KCM_PORT:-16257}"
 		POD_IP_PREFIX="${BC_PODSIM_IP_PREFIX:-127.1}"
+		PODSIM_NODES="${BC_PODSIM_NODES:-1}"
 		NODE_LANE="${BC_NODE:-podsim}"
 		POD_NET="${BC_POD_NET:-10.244.0}"
 		NODE_PORT_BASE="${BC_NODE_PORT_BASE:-10250}"
 		KUBELET_NODE_NAME="${BC_NODE_NAME:-bc-node}"
 		[[ "${NODE_LANE}" =~ ^(podsim|kubelet)$ ]] || die "BC_NODE must be podsim or kubelet, not '${NODE_LANE}'"
+		[[ "${PODSIM_NODES}" =~ ^[1-9]$ ]] || die "BC_PODSIM_NODES must be 1 to 9, not '${PODSIM_NODES}'"
+		[[ "${PODSIM_NODES}" == 1 || "${POD_IP_PREFIX}" =~ ^127\.[0-9]{1,3}$ ]] ||
+			die "with BC_PODSIM_NODES > 1, BC_PODSIM_IP_PREFIX must be two octets like 127.1, not '${POD_IP_PREFIX}'"
 		[[ "${POD_NET}" =~ ^10\.[0-9]{1,3}\.[0-9]{1,3}$ ]] || die "BC_POD_NET must be the first three octets of a 10.x.y.0/24, not '${POD_NET}'"
 		lane_settings
 	fi
@@ -221,7 +226,7 @@ prepare_cluster_env() {
 	{
 		printf 'ETCD_CLIENT_PORT=%q\nETCD_PEER_PORT=%q\n' "${ETCD_CLIENT_PORT}" "${ETCD_PEER_PORT}"
 		printf 'APISERVER_PORT=%q\nKCM_PORT=%q\n' "${APISERVER_PORT}" "${KCM_PORT}"
-		printf 'POD_IP_PREFIX=%q\n' "${POD_IP_PREFIX}"
+		printf 'POD_IP_PREFIX=%q\nPODSIM_NODES=%q\n' "${POD_IP_PREFIX}" "${PODSIM_NODES}"
 		printf 'BC_ETCD=%q\nBC_KUBE_APISERVER=%q\n' "${BC_ETCD}" "${BC_KUBE_APISERVER}"
 		printf 'BC_KUBE_CONTROLLER_MANAGER=%q\nBC_KUBECTL=%q\n' "${BC_KUBE_CONTROLLER_MANAGER}" "${BC_KUBECTL}"
 		printf 'NODE_LANE=%q\n' "${NODE_LANE}"
@@ -415,26 +420,48 @@ write_controller_kubeconfig() {
 
 podsim_wanted() { ! node_lane && [[ "${BC_PODSIM:-1}" != 0 ]]; }
 
+# The podsim processes, one per simulated Node: `podsim`, then `podsim-2`
+# ... with BC_PODSIM_NODES > 1. Each is a component, its Node and its state
+# dir of the same name. Pods go to whichever binds them first.
+podsim_names() {
+	local i
+	echo "${NODE_NAME}"
+	for ((i = 2; i <= ${PODSIM_NODES:-1}; i++)); do echo "${NODE_NAME}-${i}"; done
+}
+
 start_podsim() {
-	local target_dir="${CARGO_TARGET_DIR:-${REPO_ROOT}/target}"
+	local target_dir="${CARGO_TARGET_DIR:-${REPO_ROOT}/target}" name i=0 first second
 	command -v cargo >/dev/null || die "cargo is needed to build podsim (or set BC_PODSIM=0)"
 	log "building podsim (cargo build -p podsim)"
 	(cd "${REPO_ROOT}" && cargo build -q -p podsim) || die "cargo build -p podsim failed"
-	mkdir -p "${STATE_DIR}/podsim"
-	start_component podsim "${target_dir}/debug/podsim" \
-		--kubeconfig "${ADMIN_KUBECONFIG}" \
-		--node-name "${NODE_NAME}" \
-		--state-dir "${STATE_DIR}/podsim" \
-		--ip-prefix "${POD_IP_PREFIX}"
-	wait_until podsim "Node ${NODE_NAME} Ready" \
-		kubectl_admin wait --for condition=Ready --timeout 1s "node/${NODE_NAME}"
+	IFS=. read -r first second _ <<<"${POD_IP_PREFIX}"
+	for name in $(podsim_names); do
+		# The first Node hands out the prefix itself; with more, Node i
+		# (from 0) hands out <first>.<second + i>.x.y, so ranges never overlap.
+		local prefix="${POD_IP_PREFIX}"
+		if ((PODSIM_NODES > 1)); then
+			((second + i <= 255)) || die "BC_PODSIM_IP_PREFIX ${POD_IP_PREFIX} leaves no room for ${PODSIM_NODES} podsim nodes"
+			prefix="${first}.$((second + i))"
+		fi
+		mkdir -p "${STATE_DIR}/${name}"
+		start_component "${name}" "${target_dir}/debug/podsim" \
+			--kubeconfig "${ADMIN_KUBECONFIG}" \
+			--node-name "${name}" \
+			--state-dir "${STATE_DIR}/${name}" \
+			--ip-prefix "${prefix}"
+		i=$((i + 1))
+	done
+	for name in $(podsim_names); do
+		wait_until "${name}" "Node ${name} Ready" \
+			kubectl_admin wait --for condition=Ready --timeout 1s "node/${name}"
+	done
 }
 
 # ---------------------------------------------------------------- commands
 
 components() {
 	echo etcd kube-apiserver kube-controller-manager
-	if podsim_wanted; then echo podsim; fi
+	if podsim_wanted; then podsim_names; fi
 	if node_lane; then echo "${NODE_COMPONENTS}"; fi
 }
 
@@ -506,7 +533,7 @@ cmd_down() {
 	if [[ -f "${CLUSTER_ENV}" ]]; then
 		load_cluster_env
 		if node_lane; then node_down; fi
-		for name in podsim kube-controller-manager kube-apiserver etcd; do
+		for name in $(podsim_names) kube-controller-manager kube-apiserver etcd; do
 			if [[ -n "$(component_pid "${name}")" ]]; then
 				read -r -a port_list <<<"$(component_ports "${name}")"
 				ports+=("${port_list[@]}")
@@ -559,11 +586,11 @@ cmd_status() {
 	echo "state dir: ${STATE_DIR}"
 	load_cluster_env
 	echo "node lane: ${NODE_LANE}"
-	for name in etcd kube-apiserver kube-controller-manager $(if node_lane; then echo "${NODE_COMPONENTS}"; else echo podsim; fi); do
+	for name in etcd kube-apiserver kube-controller-manager $(if node_lane; then echo "${NODE_COMPONENTS}"; else podsim_names; fi); do
 		pid="$(component_pid "${name}")"
 		if [[ -n "${pid}" ]]; then
 			printf '%-24s running (pid %s)\n' "${name}" "${pid}"
-		elif [[ -f "$(pid_file "${name}")" ]] || [[ "${name}" != podsim ]]; then
+		elif [[ -f "$(pid_file "${name}")" ]] || [[ "${name}" != "${NODE_NAME}"* ]]; then
 			printf '%-24s not running\n' "${name}"
 			all_up=1
 		else
