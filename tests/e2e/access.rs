@@ -396,14 +396,59 @@ async fn run_client_pod(client: &Client, ns: &str, name: &str, host: &str, port:
     serde_json::from_str(&out).expect("getblockchaininfo JSON")
 }
 
+/// `kubectl port-forward -n NS TARGET :PORT`, running until dropped; the
+/// local port it chose.
+struct PortForward {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PortForward {
+    fn start(ns: &str, target: &str, port: i32) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        // stderr goes to the test's output; stdout is read to the end (in
+        // a thread once the port is known): kubectl writes a line per
+        // connection and dies of SIGPIPE if nobody reads them.
+        let mut child = Command::new("kubectl")
+            .args(["port-forward", "-n", ns, target, &format!(":{port}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run kubectl port-forward");
+        // "Forwarding from 127.0.0.1:41234 -> 18443"
+        let prefix = "Forwarding from 127.0.0.1:";
+        let suffix = format!(" -> {port}");
+        let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let local = lines.by_ref().map_while(Result::ok).find_map(|l| {
+            l.strip_prefix(prefix)?
+                .strip_suffix(suffix.as_str())?
+                .parse::<u16>()
+                .ok()
+        });
+        std::thread::spawn(move || lines.for_each(drop));
+        let Some(local) = local else {
+            let status = child.wait().expect("kubectl port-forward");
+            panic!("kubectl port-forward {target} ended ({status}) before forwarding (its stderr is above)");
+        };
+        PortForward { child, port: local }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// On the real node, a NodePort network: a client pod calls
 /// `getblockchaininfo` through `app-rpc.NS.svc` (cluster DNS, the Service's
 /// cluster IP, kube-proxy) and through the node's address and the node
 /// port, and reaches the serving node (node 0: same tip, and the Service's
 /// EndpointSlice holds its address only); the credentials come from the
-/// Secret by `secretKeyRef` and are in no pod spec. (A `kubectl
-/// port-forward svc/app-rpc` call from the host was reset on this lane,
-/// cause not found yet: not checked here.)
+/// Secret by `secretKeyRef` and are in no pod spec. From the host,
+/// `kubectl port-forward svc/app-rpc` reaches the same node.
 #[tokio::test]
 async fn real_node_app_reaches_rpc_through_the_service() {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -468,6 +513,24 @@ async fn real_node_app_reaches_rpc_through_the_service() {
     let info = run_client_pod(&admin, &ns.name, "client-nodeport", &node_ip, node_port).await;
     assert_eq!(info["blocks"], 5);
     assert_eq!(info["bestblockhash"], tip);
+
+    // From the host through `kubectl port-forward svc/app-rpc` (the
+    // README's recipe): the real kubectl, kube-apiserver, kubelet and
+    // containerd's stream server into the serving pod.
+    let forward = PortForward::start(&ns.name, &format!("svc/{}", rpc.service), rpc.port);
+    for call in 1..=2 {
+        // Twice: a forward must serve more than its first connection.
+        let info = nodes
+            .call_at("127.0.0.1", forward.port, "getblockchaininfo", vec![])
+            .await
+            .expect("getblockchaininfo through kubectl port-forward");
+        assert_eq!(info["bestblockhash"], tip);
+        println!(
+            "kubectl port-forward svc/{} :{}, call {call} at 127.0.0.1:{}: height {}",
+            rpc.service, rpc.port, forward.port, info["blocks"]
+        );
+    }
+    drop(forward);
 
     // No credential in any pod spec (the clients' nor the nodes').
     let secret = Api::<Secret>::namespaced(admin.clone(), &ns.name)

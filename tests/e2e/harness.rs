@@ -462,10 +462,25 @@ impl Nodes {
     }
 
     pub async fn call(&self, ip: &str, method: &str, params: Vec<Value>) -> Result<Value, String> {
+        self.call_at(ip, RPC_PORT, method, params).await
+    }
+
+    /// [`Nodes::call`] at another port (a node port, a forwarded port).
+    pub async fn call_at(
+        &self,
+        host: &str,
+        port: u16,
+        method: &str,
+        params: Vec<Value>,
+    ) -> Result<Value, String> {
+        let cfg = RpcConfig {
+            port,
+            ..self.cfg(host)
+        };
         self.rpc
-            .raw_request(&self.cfg(ip), method, params)
+            .raw_request(&cfg, method, params)
             .await
-            .map_err(|e| format!("{method} on {ip}: {e}"))
+            .map_err(|e| format!("{method} on {host}:{port}: {e}"))
     }
 
     /// The node's added-node entries, sorted.
