@@ -22,6 +22,8 @@
 # BC_BENCH_IDLE_SECS (300), BC_BENCH_TIMEOUT (1200 s for all networks to be
 # Ready), BC_BENCH_DELETE_TIMEOUT (900 s for the namespace to go).
 # Output is also appended to $BC_CLUSTER_DIR/bench/results.txt.
+# More than about 600 networks x 3 nodes need BC_PODSIM_NODES=2 when the
+# cluster is started (one podsim process runs out of open files).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
