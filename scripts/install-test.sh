@@ -65,6 +65,10 @@ step "chart vs manifests/ (tests/install.rs)"
 cargo test --features install --test install -- --nocapture
 
 step "local control plane (own state dir and ports)"
+# The podsim lane, whatever the caller's shell says (a BC_NODE=kubelet left
+# from a dev lane would start a real node on these ports).
+export BC_NODE=podsim
+export BC_PODSIM_NODES=1
 export BC_CLUSTER_DIR="${BC_INSTALL_CLUSTER_DIR:-$PWD/.local/install-cluster}"
 export BC_APISERVER_PORT="${BC_INSTALL_APISERVER_PORT:-28443}"
 export BC_ETCD_CLIENT_PORT="${BC_INSTALL_ETCD_CLIENT_PORT:-28790}"

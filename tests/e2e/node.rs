@@ -103,14 +103,50 @@ fn guard_drops() -> u64 {
         .args(["-a", "list", "ruleset"])
         .output()
         .expect("nft list ruleset");
+    assert!(
+        out.status.success(),
+        "nft list ruleset: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let counters: Vec<u64> = text
+        .lines()
         .filter(|l| l.contains("pod traffic leaving the pod bridge"))
         .filter_map(|l| {
             let rest = l.split("packets ").nth(1)?;
             rest.split_whitespace().next()?.parse::<u64>().ok()
         })
-        .sum()
+        .collect();
+    assert!(
+        !counters.is_empty(),
+        "no guard rule with a counter in:\n{text}"
+    );
+    counters.iter().sum()
+}
+
+/// What decides whether the host forwards a pod's packet at all: the
+/// forwarding switch, and the kernel's count of packets it dropped for a
+/// destination it would not forward to (`Ip: InAddrErrors`).
+fn forwarding_state() -> String {
+    let forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    let addr_errors = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "InAddrErrors")
+        .map_or("?", |(_, v)| v);
+    format!("ip_forward={}, InAddrErrors={addr_errors}", forward.trim())
+}
+
+/// The host's route to an address (`ip route get`), for a failure message.
+fn host_route(to: &str) -> String {
+    Command::new("ip")
+        .args(["route", "get", to])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| format!("ip route get: {e}"))
 }
 
 /// Create a 3-node network on the real node: Ready and meshed, blocks
@@ -226,6 +262,7 @@ async fn real_node_network_lifecycle() {
     // Egress: a pod's connection to an address outside the machine is
     // dropped by the guard rule before it leaves (192.0.2.1, TEST-NET-1).
     let before = guard_drops();
+    let state_before = forwarding_state();
     let (ok, _, err) = kubectl(&[
         "exec",
         "-n",
@@ -240,12 +277,17 @@ async fn real_node_network_lifecycle() {
         "getnetworkinfo",
     ]);
     let after = guard_drops();
+    let state_after = forwarding_state();
+    let route = host_route("192.0.2.1");
     println!(
         "egress to 192.0.2.1 from net-sts-0: ok={ok}, guard drop counter {before} -> {after}; {}",
         err.lines().next().unwrap_or("")
     );
     assert!(!ok, "a pod reached 192.0.2.1");
-    assert!(after > before, "the guard rule did not drop the packets");
+    assert!(
+        after > before,
+        "the guard rule did not drop the packets: before {state_before}, after {state_after}; host route: {route}"
+    );
 
     // Scale up to 4, then down to 2.
     let start = Instant::now();
