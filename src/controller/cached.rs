@@ -15,8 +15,9 @@
 //! pod spec; this about a fifth of that.
 //!
 //! A pod is kept as its identity, owner, deletion timestamp, network label,
-//! IP and readiness; a `k8s_openapi` `Pod` without its spec would still
-//! carry the room of its empty spec and status (2.4 KB).
+//! IP, readiness and, while it cannot start, why; a `k8s_openapi` `Pod`
+//! without its spec would still carry the room of its empty spec and status
+//! (2.4 KB).
 
 use std::borrow::Cow;
 
@@ -55,10 +56,134 @@ pub struct CachedPod {
     pub ip: Option<String>,
     /// The pod's `Ready` condition is `True`.
     pub ready: bool,
+    /// Why the pod cannot start, in the scheduler's or the kubelet's words,
+    /// while that lasts (see [`stuck`]).
+    pub stuck: Option<Box<str>>,
 }
 
-impl CachedPod {
-    fn new(meta: ObjectMeta, ip: Option<String>, ready: bool) -> Self {
+/// The longest message of the scheduler or the kubelet a pod keeps.
+const STUCK_MESSAGE_MAX: usize = 300;
+
+/// What an image pull that keeps failing says: the kubelet's message
+/// changes with every attempt (and the back-off), and a status that changes
+/// with it would be written again at each one.
+pub const PULL_FAILED: &str =
+    "ErrImagePull: the image cannot be pulled (kubectl describe pod shows the registry's answer)";
+
+/// What a container that keeps exiting says, for the same reason.
+pub const CRASH_LOOP: &str =
+    "CrashLoopBackOff: the container keeps exiting (kubectl logs --previous shows why)";
+
+/// The restarts after which a crashing container counts as stuck: a node
+/// killed once (a test, an upgrade) is not.
+const CRASH_LOOP_RESTARTS: i32 = 3;
+
+/// The kubelet's waiting reasons that mean the container will not start
+/// until something changes, with their message.
+const CANNOT_START: [&str; 5] = [
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+#[derive(Default, Deserialize)]
+struct WireStatus {
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default)]
+    conditions: Vec<WireCondition>,
+    #[serde(default, rename = "containerStatuses")]
+    container_statuses: Vec<WireContainer>,
+}
+
+#[derive(Deserialize)]
+struct WireCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct WireContainer {
+    #[serde(default, rename = "restartCount")]
+    restart_count: i32,
+    #[serde(default)]
+    state: Option<WireState>,
+}
+
+#[derive(Deserialize)]
+struct WireState {
+    #[serde(default)]
+    waiting: Option<WireWaiting>,
+}
+
+#[derive(Deserialize)]
+struct WireWaiting {
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Why a pod with this status cannot start, if it cannot: the scheduler
+/// found no node for it, or the kubelet cannot pull its image, create or
+/// run its container, or the container keeps crashing. A pod that is merely
+/// on its way (pulling, creating, a first restart) is not stuck.
+fn stuck(status: &WireStatus) -> Option<Box<str>> {
+    let said = |reason: &str, message: Option<&str>| -> Box<str> {
+        let message = message.unwrap_or("").trim();
+        let mut cut = message.len().min(STUCK_MESSAGE_MAX);
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let more = if cut < message.len() { "..." } else { "" };
+        format!("{reason}: {}{more}", &message[..cut]).into()
+    };
+    let unschedulable = status.conditions.iter().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(c) = unschedulable {
+        return Some(said("Unschedulable", c.message.as_deref()));
+    }
+    status.container_statuses.iter().find_map(|c| {
+        let waiting = c.state.as_ref()?.waiting.as_ref()?;
+        match waiting.reason.as_deref()? {
+            "ErrImagePull" | "ImagePullBackOff" => Some(PULL_FAILED.into()),
+            "CrashLoopBackOff" if c.restart_count >= CRASH_LOOP_RESTARTS => Some(CRASH_LOOP.into()),
+            reason if CANNOT_START.contains(&reason) => {
+                Some(said(reason, waiting.message.as_deref()))
+            }
+            _ => None,
+        }
+    })
+}
+
+fn is_true_ready(c: &WireCondition) -> bool {
+    c.type_ == "Ready" && c.status == "True"
+}
+
+impl<'de> Deserialize<'de> for CachedPod {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            #[serde(default)]
+            metadata: ObjectMeta,
+            #[serde(default)]
+            status: Option<WireStatus>,
+        }
+        let Wire {
+            metadata: meta,
+            status,
+        } = Wire::deserialize(deserializer)?;
+        let status = status.unwrap_or_default();
         let metadata = ObjectMeta {
             labels: meta.labels.and_then(|mut labels| {
                 let network = labels.remove_entry(NETWORK_LABEL)?;
@@ -72,59 +197,12 @@ impl CachedPod {
             deletion_timestamp: meta.deletion_timestamp,
             ..ObjectMeta::default()
         };
-        CachedPod {
+        Ok(CachedPod {
             metadata,
-            ip,
-            ready,
-        }
-    }
-}
-
-fn is_true_ready(type_: &str, status: &str) -> bool {
-    type_ == "Ready" && status == "True"
-}
-
-impl From<Pod> for CachedPod {
-    fn from(pod: Pod) -> Self {
-        let status = pod.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| is_true_ready(&c.type_, &c.status));
-        CachedPod::new(pod.metadata, status.pod_ip, ready)
-    }
-}
-
-impl<'de> Deserialize<'de> for CachedPod {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Wire {
-            #[serde(default)]
-            metadata: ObjectMeta,
-            #[serde(default)]
-            status: Option<Status>,
-        }
-        #[derive(Default, Deserialize)]
-        struct Status {
-            #[serde(default, rename = "podIP")]
-            pod_ip: Option<String>,
-            #[serde(default)]
-            conditions: Vec<Condition>,
-        }
-        #[derive(Deserialize)]
-        struct Condition {
-            #[serde(rename = "type")]
-            type_: String,
-            status: String,
-        }
-        let wire = Wire::deserialize(deserializer)?;
-        let status = wire.status.unwrap_or_default();
-        let ready = status
-            .conditions
-            .iter()
-            .any(|c| is_true_ready(&c.type_, &c.status));
-        Ok(CachedPod::new(wire.metadata, status.pod_ip, ready))
+            ready: status.conditions.iter().any(is_true_ready),
+            stuck: stuck(&status),
+            ip: status.pod_ip,
+        })
     }
 }
 
@@ -277,9 +355,9 @@ mod tests {
         );
     }
 
-    /// From the wire or from a whole `Pod`, the same: the identity, owner,
-    /// deletion timestamp and network label of the metadata, the IP, and
-    /// whether the Ready condition is True.
+    /// Of a whole `Pod` as the API serves it: the identity, owner, deletion
+    /// timestamp and network label of the metadata, the IP, and whether the
+    /// Ready condition is True.
     #[test]
     fn a_cached_pod_keeps_what_the_controller_reads() {
         use k8s_openapi::api::core::v1::{Container, PodCondition, PodSpec, PodStatus};
@@ -355,14 +433,79 @@ mod tests {
                 metadata: kept.clone(),
                 ip: Some("10.0.0.7".into()),
                 ready,
+                stuck: None,
             };
             let wire: CachedPod =
                 serde_json::from_value(serde_json::to_value(&whole).unwrap()).expect("decodes");
             assert_eq!(wire, want);
-            assert_eq!(CachedPod::from(whole), want);
         }
         let bare: CachedPod = serde_json::from_value(json!({"metadata": {"name": "p"}})).unwrap();
         assert_eq!((bare.ip, bare.ready), (None, false));
+    }
+
+    fn stuck_of(status: Value) -> Option<String> {
+        let pod: CachedPod =
+            serde_json::from_value(json!({"metadata": {"name": "p"}, "status": status})).unwrap();
+        pod.stuck.map(String::from)
+    }
+
+    fn waiting(reason: &str, message: &str, restarts: i32) -> Value {
+        json!({"containerStatuses": [{
+            "name": "bitcoind",
+            "restartCount": restarts,
+            "state": {"waiting": {"reason": reason, "message": message}},
+        }]})
+    }
+
+    /// Unschedulable, an image that cannot be pulled, a container that cannot
+    /// be created or keeps crashing: the pod says why, in words that stay the
+    /// same from one retry to the next. On its way, it says nothing.
+    #[test]
+    fn a_pod_that_cannot_start_says_why() {
+        let unschedulable = json!({"conditions": [{
+            "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+            "message": "0/1 nodes are available: 1 Insufficient memory.",
+        }]});
+        assert_eq!(
+            stuck_of(unschedulable).as_deref(),
+            Some("Unschedulable: 0/1 nodes are available: 1 Insufficient memory.")
+        );
+        for reason in ["ErrImagePull", "ImagePullBackOff"] {
+            let message = format!("{reason}: back-off 20s pulling image \"nope:1\"");
+            assert_eq!(
+                stuck_of(waiting(reason, &message, 0)).as_deref(),
+                Some(PULL_FAILED)
+            );
+        }
+        assert_eq!(
+            stuck_of(waiting(
+                "CreateContainerConfigError",
+                "secret \"s\" not found",
+                0
+            ))
+            .as_deref(),
+            Some("CreateContainerConfigError: secret \"s\" not found")
+        );
+        assert_eq!(
+            stuck_of(waiting("CrashLoopBackOff", "back-off 10s", 2)),
+            None
+        );
+        assert_eq!(
+            stuck_of(waiting("CrashLoopBackOff", "back-off 40s", 3)).as_deref(),
+            Some(CRASH_LOOP)
+        );
+        // On its way: scheduled and pulling, or not yet looked at.
+        assert_eq!(stuck_of(waiting("ContainerCreating", "", 0)), None);
+        assert_eq!(
+            stuck_of(json!({"conditions": [{"type": "PodScheduled", "status": "True"}]})),
+            None
+        );
+        assert_eq!(stuck_of(json!({})), None);
+        // A long message is cut, on a character boundary.
+        let long = "é".repeat(400);
+        let said = stuck_of(waiting("RunContainerError", &long, 0)).unwrap();
+        assert!(said.ends_with("..."), "{said}");
+        assert!(said.len() <= "RunContainerError: ...".len() + STUCK_MESSAGE_MAX);
     }
 
     #[test]

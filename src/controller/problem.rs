@@ -20,6 +20,9 @@ pub enum Reason {
     ApplyRejected,
     /// The StatefulSet exists but its pods cannot be created.
     PodCreationFailed,
+    /// Pods exist but cannot start: no node fits them, their image cannot
+    /// be pulled, their container cannot be created or keeps crashing.
+    PodNotStarting,
     /// The spec cannot work (the API server's schema refuses it for new
     /// objects; this covers objects stored before the rule existed).
     InvalidSpec,
@@ -52,6 +55,7 @@ impl Reason {
             Reason::ResourceConflict => "ResourceConflict",
             Reason::ApplyRejected => "ApplyRejected",
             Reason::PodCreationFailed => "PodCreationFailed",
+            Reason::PodNotStarting => "PodNotStarting",
             Reason::InvalidSpec => "InvalidSpec",
             Reason::NodeSyncFailed => "NodeSyncFailed",
             Reason::MiningKeyMissing => "MiningKeyMissing",
@@ -66,6 +70,9 @@ impl Reason {
             | Reason::SecretAccessDenied
             | Reason::InvalidSpec
             | Reason::MiningKeyMissing => Retry::OnChange,
+            // Every change of a pod (scheduled, pulled, restarted) is a
+            // watch event that queues its network.
+            Reason::PodNotStarting => Retry::OnChange,
             // Foreign objects are outside the label-scoped caches, so their
             // removal brings no event; rejections and failing pods and nodes
             // may clear by themselves.
@@ -139,13 +146,14 @@ pub const PANIC_LABEL: &str = "Panic";
 impl Error {
     /// Every `reason` label of the error metric: present (at 0) from the
     /// start, so rates and alerts work before the first error.
-    pub const METRIC_LABELS: [&'static str; 14] = [
+    pub const METRIC_LABELS: [&'static str; 15] = [
         Reason::SecretNotFound.as_str(),
         Reason::SecretInvalid.as_str(),
         Reason::SecretAccessDenied.as_str(),
         Reason::ResourceConflict.as_str(),
         Reason::ApplyRejected.as_str(),
         Reason::PodCreationFailed.as_str(),
+        Reason::PodNotStarting.as_str(),
         Reason::InvalidSpec.as_str(),
         Reason::NodeSyncFailed.as_str(),
         Reason::MiningKeyMissing.as_str(),
@@ -247,6 +255,7 @@ mod tests {
             (ResourceConflict, "ResourceConflict", Retry::Backoff),
             (ApplyRejected, "ApplyRejected", Retry::Backoff),
             (PodCreationFailed, "PodCreationFailed", Retry::Backoff),
+            (PodNotStarting, "PodNotStarting", Retry::OnChange),
             (NodeSyncFailed, "NodeSyncFailed", Retry::Backoff),
             (MiningKeyMissing, "MiningKeyMissing", Retry::OnChange),
             (MiningFailed, "MiningFailed", Retry::Backoff),

@@ -111,6 +111,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Action, Error> 
         Err(Error::Problem(problem)) => (Mesh::default(), Some(problem)),
         Err(err) => return Err(err),
     };
+    problem = problem.or_else(|| stuck_pods(&net, &pods));
     let mined = mine(ctx, &net, &pods, &mut mesh).await;
     problem = problem.or(mined.problem);
 
@@ -265,6 +266,32 @@ fn network_pods(ctx: &Context, net: &BitcoinNetwork) -> Vec<Arc<CachedPod>> {
                 == Some(net.name())
         })
         .collect()
+}
+
+/// The wanted pods that cannot start, as one problem: the first by name
+/// says why (the scheduler's or the kubelet's words), the count says how
+/// many.
+fn stuck_pods(net: &BitcoinNetwork, pods: &[Arc<CachedPod>]) -> Option<Problem> {
+    let mut stuck: Vec<(&str, &str)> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let name = p.metadata.name.as_deref()?;
+            let wanted = status::ordinal(net, name).is_some_and(|o| o < net.spec.nodes);
+            Some((name, p.stuck.as_deref().filter(|_| wanted)?))
+        })
+        .collect();
+    stuck.sort_unstable();
+    let (name, why) = stuck.first()?;
+    let others = match stuck.len() - 1 {
+        0 => String::new(),
+        1 => " (1 more pod cannot start)".to_owned(),
+        n => format!(" ({n} more pods cannot start)"),
+    };
+    Some(Problem::new(
+        Reason::PodNotStarting,
+        format!("pod {name} cannot start: {why}{others}"),
+    ))
 }
 
 /// What the mesh sync found.

@@ -352,6 +352,7 @@ mod tests {
             },
             ip: ip.map(Into::into),
             ready,
+            stuck: None,
         }
     }
 

@@ -15,9 +15,7 @@ use bitcoin_controller::controller::resources::{
 };
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
-use kube_client::api::{
-    DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
-};
+use kube_client::api::{DeleteParams, ListParams, PostParams, WatchEvent, WatchParams};
 use kube_client::{Api, Client};
 use serde_json::{json, Value};
 
@@ -42,17 +40,6 @@ async fn create_served_network(
         .create(&PostParams::default(), &net)
         .await
         .expect("create network")
-}
-
-async fn patch_spec(client: &Client, ns: &str, name: &str, spec: Value) {
-    Api::<BitcoinNetwork>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": spec })),
-        )
-        .await
-        .expect("patch spec");
 }
 
 /// The pod name the Service's selector names.

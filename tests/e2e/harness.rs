@@ -630,6 +630,19 @@ impl Nodes {
     }
 }
 
+/// Merges `spec` into the network's spec (a JSON merge patch: `null`
+/// removes a field).
+pub async fn patch_spec(client: &Client, ns: &str, name: &str, spec: serde_json::Value) {
+    Api::<BitcoinNetwork>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": spec })),
+        )
+        .await
+        .expect("patch spec");
+}
+
 /// Waits until an Event with `reason` (and `type_`) about `name` exists.
 pub async fn wait_for_event(
     client: &Client,

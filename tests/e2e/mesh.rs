@@ -3,8 +3,7 @@
 
 use std::time::Instant;
 
-use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkStatus, PartitionStatus};
-use kube_client::api::{Patch, PatchParams};
+use bitcoin_controller::api::{BitcoinNetworkStatus, PartitionStatus};
 use kube_client::{Api, Client};
 use serde_json::{json, Value};
 
@@ -15,14 +14,7 @@ use crate::harness::*;
 const OTHER_ADDRESS: &str = "mipcBbFg9gMiCh81Kj8tqqdgoZub1ZJRfn";
 
 async fn set_partitions(client: &Client, ns: &str, name: &str, partitions: Value) {
-    Api::<BitcoinNetwork>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "partitions": partitions } })),
-        )
-        .await
-        .expect("patch spec.partitions");
+    patch_spec(client, ns, name, json!({ "partitions": partitions })).await;
 }
 
 impl Nodes {

@@ -16,7 +16,7 @@ use bitcoin_controller::api::{BitcoinNetwork, BitcoinNetworkSpec};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
-use kube_client::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube_client::api::{DeleteParams, ListParams, PostParams};
 use kube_client::{Api, Client};
 use serde_json::{json, Value};
 
@@ -54,14 +54,7 @@ async fn create_node_network(client: &Client, ns: &str, name: &str, nodes: i32) 
 }
 
 async fn set_nodes(client: &Client, ns: &str, name: &str, nodes: i32) {
-    Api::<BitcoinNetwork>::namespaced(client.clone(), ns)
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "spec": { "nodes": nodes } })),
-        )
-        .await
-        .expect("patch spec.nodes");
+    patch_spec(client, ns, name, json!({ "nodes": nodes })).await;
 }
 
 fn container_id(pod: &Pod) -> String {
@@ -616,5 +609,121 @@ async fn real_node_hung_node_slows_only_its_network() {
     );
     assert_eq!(ips(&status).len(), 2);
     tokio::time::sleep(Duration::from_millis(10)).await;
+    ns.delete().await;
+}
+
+/// The `Degraded` condition of a status, if it is True with `reason` and its
+/// message contains `text`.
+fn degraded_with(
+    reason: &'static str,
+    text: &'static str,
+) -> impl Fn(&bitcoin_controller::api::BitcoinNetworkStatus) -> bool {
+    move |s| {
+        s.conditions.iter().any(|c| {
+            c.type_ == "Degraded"
+                && c.status == "True"
+                && c.reason == reason
+                && c.message.contains(text)
+        })
+    }
+}
+
+/// The Warning Events with `reason` about `name`: occurrences, messages.
+async fn warnings(client: &Client, ns: &str, name: &str, reason: &str) -> (i32, Vec<String>) {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let lp = ListParams::default().fields(&format!("involvedObject.name={name}"));
+    let list = events.list(&lp).await.expect("list Events").items;
+    let mine: Vec<_> = list
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
+        .collect();
+    (
+        mine.iter().map(|e| e.count.unwrap_or(1)).sum(),
+        mine.iter().filter_map(|e| e.message.clone()).collect(),
+    )
+}
+
+/// Pods that Kubernetes cannot start are in the status with Kubernetes' own
+/// reason, one Warning Event per problem (not one per kubelet retry): an
+/// image no registry serves, then more memory than the node has. Fixed, the
+/// network is Ready and no longer Degraded.
+#[tokio::test]
+async fn real_node_a_pod_that_cannot_start_is_degraded_with_why() {
+    if !real_node("real_node_a_pod_that_cannot_start_is_degraded_with_why") {
+        return;
+    }
+    let admin = admin_client().await;
+    let ns = TestNamespace::create(&admin, "node-stuck").await;
+    let api: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
+    let net = BitcoinNetwork::new(
+        "stuck",
+        BitcoinNetworkSpec {
+            nodes: 1,
+            image: Some("bitcoin-regtest-node:absent".to_owned()),
+            ..Default::default()
+        },
+    );
+    api.create(&PostParams::default(), &net)
+        .await
+        .expect("create network");
+
+    let start = Instant::now();
+    let (status, _) = wait_for_status(
+        &admin,
+        &ns.name,
+        "stuck",
+        "Degraded PodNotStarting: the image cannot be pulled",
+        degraded_with("PodNotStarting", "cannot be pulled"),
+    )
+    .await;
+    report(
+        "node-stuck",
+        "unpullable image -> Degraded",
+        start.elapsed(),
+    );
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    println!("Degraded: {}", degraded.map_or("", |c| c.message.as_str()));
+    // The kubelet retries the pull with back-off meanwhile.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (count, messages) = warnings(&admin, &ns.name, "stuck", "PodNotStarting").await;
+    println!("PodNotStarting Warning Events after 20 s of pull retries: {count} {messages:?}");
+    assert_eq!(count, 1, "one Warning Event for the problem: {messages:?}");
+
+    let start = Instant::now();
+    patch_spec(
+        &admin,
+        &ns.name,
+        "stuck",
+        json!({"image": NODE_IMAGE, "resources": {"requests": {"memory": "100Ti"}}}),
+    )
+    .await;
+    let (status, _) = wait_for_status(
+        &admin,
+        &ns.name,
+        "stuck",
+        "Degraded PodNotStarting: Unschedulable",
+        degraded_with("PodNotStarting", "Unschedulable"),
+    )
+    .await;
+    report("node-stuck", "100Ti requested -> Degraded", start.elapsed());
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    let message = degraded.map_or("", |c| c.message.as_str());
+    println!("Degraded: {message}");
+    assert!(message.contains("Insufficient memory"), "{message}");
+
+    let start = Instant::now();
+    patch_spec(&admin, &ns.name, "stuck", json!({"resources": null})).await;
+    let (status, _) =
+        wait_for_status(&admin, &ns.name, "stuck", "1 ready node", all_ready(1)).await;
+    report("node-stuck", "fixed -> 1 ready node", start.elapsed());
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    assert_eq!(
+        degraded.map(|c| c.status.as_str()),
+        Some("False"),
+        "{degraded:?}"
+    );
+    let (count, messages) = warnings(&admin, &ns.name, "stuck", "PodNotStarting").await;
+    println!("PodNotStarting Warning Events in all: {count} {messages:?}");
+    assert_eq!(count, 2, "one per problem: {messages:?}");
     ns.delete().await;
 }

@@ -593,6 +593,57 @@ async fn pods_that_cannot_be_created_are_reported_with_the_reason() {
     assert_eq!(events.reasons(), ["PodCreationFailed"]);
 }
 
+/// Pods that exist but cannot start: Degraded with the first one's reason,
+/// one Warning Event, and no retry (the pods' changes queue the network).
+/// A pod being scaled away does not count; once the pods start, the problem
+/// is gone.
+#[tokio::test]
+async fn pods_that_cannot_start_are_degraded_with_the_kubelets_reason() {
+    let net = network(2);
+    let mut world = settled(&net);
+    let unschedulable = "Unschedulable: 0/1 nodes are available: 1 Insufficient memory.";
+    world.pods[1].stuck = Some(unschedulable.into());
+    world.pods[0].stuck = Some(crate::controller::cached::PULL_FAILED.into());
+    let mut leaving = world.pods[1].clone();
+    leaving.metadata.name = Some("net-sts-2".into());
+    world.pods.push(leaving);
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, events) = context(client, &net, &world);
+    assert_eq!(
+        reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap(),
+        Action::Done
+    );
+    assert_eq!(lines(&calls), [format!("PATCH {NET}/status")]);
+    let degraded = calls.lock().unwrap()[0].body["status"]["conditions"][2].clone();
+    assert_eq!(degraded["reason"], "PodNotStarting");
+    assert_eq!(
+        degraded["message"],
+        format!(
+            "pod net-sts-0 cannot start: {} (1 more pod cannot start)",
+            crate::controller::cached::PULL_FAILED
+        )
+    );
+    assert_eq!(events.reasons(), ["PodNotStarting"]);
+
+    // Reported already: neither a write nor another Event.
+    let reported = with_written_status(&net, &calls);
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, events) = context(client, &reported, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    assert_eq!(lines(&calls), Vec::<String>::new());
+    assert!(events.reasons().is_empty());
+
+    // The pods start: Degraded is False again.
+    for pod in &mut world.pods {
+        pod.stuck = None;
+    }
+    let (client, calls) = fake_api(default_answer);
+    let (ctx, _) = context(client, &reported, &world);
+    reconcile(&ctx, &ObjectKey::new("ns", "net")).await.unwrap();
+    let written = calls.lock().unwrap()[0].body["status"]["conditions"][2].clone();
+    assert_eq!(written["status"], "False", "{written}");
+}
+
 #[test]
 fn failed_create_is_cleared_by_a_later_successful_create() {
     let event = |reason: &str, at: &str| -> k8s_openapi::api::core::v1::Event {
