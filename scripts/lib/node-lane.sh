@@ -42,6 +42,9 @@ node_settings() {
 	POD_SUBNET="${POD_NET}.0/24"
 	NODE_IP="${POD_NET}.1"
 	BRIDGE="bc${POD_NET##*.}"
+	# Locally administered, from the node address (10.244.2.1: 02:bc:0a:f4:02:01).
+	# shellcheck disable=SC2086 # split the octets
+	BRIDGE_MAC="$(IFS=. && printf '02:bc:%02x:%02x:%02x:%02x' ${NODE_IP})"
 	GUARD_TABLE="bc_guard_${BRIDGE}"
 	CGROUP_NAME="bitcoin-controller-${KUBELET_NODE_NAME}"
 	KUBELET_PORT="${NODE_PORT_BASE}"
@@ -142,6 +145,12 @@ node_network_up() {
 		ip link add "${BRIDGE}" type bridge
 		echo "${BRIDGE}" >"${NODE_DIR}/bridge.created"
 	fi
+	# A bridge without an address of its own takes the lowest of its ports'
+	# (the pods' host-side veths), and a new one when that pod goes: every
+	# other pod's cached gateway address then points nowhere, and its
+	# traffic off the pod subnet (Services, DNS) is lost until it asks
+	# again. A fixed address stays.
+	ip link set "${BRIDGE}" address "${BRIDGE_MAC}"
 	ip addr replace "${NODE_IP}/24" dev "${BRIDGE}"
 	ip link set "${BRIDGE}" up
 	node_guard_up

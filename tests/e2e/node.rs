@@ -133,6 +133,22 @@ fn forwarding_state() -> String {
     format!("ip_forward={}, InAddrErrors={addr_errors}", forward.trim())
 }
 
+/// The host's link to a pod address: the pod bridge.
+fn pod_bridge(pod_ip: &str) -> String {
+    let route = host_route(pod_ip);
+    let dev = route.split_whitespace().skip_while(|w| *w != "dev").nth(1);
+    dev.unwrap_or_else(|| panic!("no dev in {route:?}"))
+        .to_owned()
+}
+
+/// A link's MAC address.
+fn bridge_address(link: &str) -> String {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/address"))
+        .expect("the link's address")
+        .trim()
+        .to_owned()
+}
+
 /// The host's route to an address (`ip route get`), for a failure message.
 fn host_route(to: &str) -> String {
     Command::new("ip")
@@ -282,7 +298,12 @@ async fn real_node_network_lifecycle() {
         "the guard rule did not drop the packets: before {state_before}, after {state_after}; host route: {route}"
     );
 
-    // Scale up to 4, then down to 2.
+    // Scale up to 4, then down to 2. The pods' gateway, the bridge, keeps
+    // its own address meanwhile: one that followed its ports would change
+    // when the pod whose port gave it goes, and the other pods would lose
+    // their way off the subnet until they asked again.
+    let bridge = pod_bridge(&ips_of(&status)[0]);
+    let bridge_mac = bridge_address(&bridge);
     let start = Instant::now();
     set_nodes(&admin, &ns.name, "net", 4).await;
     let (status, _) = wait_for_status(&admin, &ns.name, "net", "4 ready nodes", all_ready(4)).await;
@@ -293,6 +314,19 @@ async fn real_node_network_lifecycle() {
     let (status, _) = wait_for_status(&admin, &ns.name, "net", "2 ready nodes", all_ready(2)).await;
     nodes.wait_for_mesh(&ips_of(&status)).await;
     report("node-scale", "4 -> 2 ready and meshed", start.elapsed());
+    println!(
+        "pod bridge {bridge}: address {bridge_mac} before and {} after the scaling",
+        bridge_address(&bridge)
+    );
+    assert_eq!(
+        bridge_address(&bridge),
+        bridge_mac,
+        "the bridge changed its address"
+    );
+    let assigned = std::fs::read_to_string(format!("/sys/class/net/{bridge}/addr_assign_type"))
+        .expect("addr_assign_type");
+    // 3: NET_ADDR_SET, an address the kernel does not replace.
+    assert_eq!(assigned.trim(), "3", "the bridge's address is its own");
 
     // Cascade delete: the garbage collector removes what the network owns,
     // the kubelet stops the containers.
