@@ -216,7 +216,6 @@ async fn initial_blocks_are_a_height_across_controller_kills() {
     let admin = admin_client().await;
     let controller = ControllerProcess::start("mining-midway", &[]);
     let ns = TestNamespace::create(&admin, "e2e-mining-kill").await;
-    let api: Api<BitcoinNetwork> = Api::namespaced(admin.clone(), &ns.name);
     create_mining_network(
         &admin,
         &ns.name,
@@ -249,38 +248,59 @@ async fn initial_blocks_are_a_height_across_controller_kills() {
         "height {left} after the kill"
     );
     let controller = ControllerProcess::start("mining-midway-again", &[]);
-    let (_, took) = wait_for_status(&admin, &ns.name, "net", "Ready at 1500", |s| {
-        s.height == Some(1500) && has_condition("Ready", "True")(s)
-    })
+    ready_at(
+        &admin,
+        &ns.name,
+        &nodes,
+        &ips,
+        1500,
+        "restart after the kill",
+    )
     .await;
-    say(
-        "restart after the kill -> Ready at 1500 (s)",
-        format!("{:.2}", took.as_secs_f64()),
-    );
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(heights(&nodes, &ips).await, vec![1500, 1500]);
 
     // Mid-way for certain: 1500 of 2700 when the next controller starts.
     controller.kill();
-    api.patch(
+    patch_spec(
+        &admin,
+        &ns.name,
         "net",
-        &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"mining": {"initialBlocks": 2700}}})),
+        json!({"mining": {"initialBlocks": 2700}}),
     )
-    .await
-    .unwrap();
+    .await;
     let _controller = ControllerProcess::start("mining-midway-third", &[]);
-    let (_, took) = wait_for_status(&admin, &ns.name, "net", "Ready at 2700", |s| {
-        s.height == Some(2700) && has_condition("Ready", "True")(s)
+    ready_at(
+        &admin,
+        &ns.name,
+        &nodes,
+        &ips,
+        2700,
+        "start at 1500 of 2700",
+    )
+    .await;
+    ns.delete().await;
+}
+
+/// Waits until network `net` is Ready at `height`, says how long that took,
+/// and checks that 3 s later every node in `ips` is still at exactly that
+/// height (nothing mined twice).
+async fn ready_at(
+    client: &Client,
+    ns: &str,
+    nodes: &Nodes,
+    ips: &[String],
+    height: u64,
+    what: &str,
+) {
+    let (_, took) = wait_for_status(client, ns, "net", &format!("Ready at {height}"), |s| {
+        s.height == Some(height as i64) && has_condition("Ready", "True")(s)
     })
     .await;
     say(
-        "start at 1500 of 2700 -> Ready at 2700 (s)",
+        &format!("{what} -> Ready at {height} (s)"),
         format!("{:.2}", took.as_secs_f64()),
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(heights(&nodes, &ips).await, vec![2700, 2700]);
-    ns.delete().await;
+    assert_eq!(heights(nodes, ips).await, vec![height; ips.len()]);
 }
 
 /// Block times (header `time`) of the chain at `ip` as heights appear,
